@@ -1,0 +1,81 @@
+"""Start-up hook installed as ``mamba_clip_autoload.pth``.
+
+Python executes the ``.pth`` line at interpreter start. This module only appends a finder to
+``sys.meta_path`` (standard library only, no torch): when ``timm`` is imported, our timm models are
+registered right after timm finishes loading; when ``open_clip`` is imported, our model configs and
+pretrained tags are added to it. That is what lets the unmodified ``open_clip_train.main`` and
+``clip_benchmark`` see ``--model vmamba-s``. Set ``MAMBA_CLIP_NO_AUTOLOAD=1`` to switch it off.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import warnings
+from importlib.abc import Loader, MetaPathFinder
+
+# module whose import triggers the hook -> function run after it is loaded
+_TRIGGERS = {
+    "timm": ("mamba_clip.models", None),
+    "open_clip": ("mamba_clip.openclip_ext.registry", "register_open_clip"),
+}
+
+
+def _run_trigger(name: str) -> None:
+    module_name, func = _TRIGGERS[name]
+    try:
+        module = importlib.import_module(module_name)
+        if func is not None:
+            getattr(module, func)()
+    except Exception as exc:  # never break the host import
+        warnings.warn(f"mamba_clip: could not register with {name}: {exc!r}", stacklevel=2)
+
+
+class _LoaderProxy(Loader):
+    def __init__(self, loader: Loader, name: str):
+        self._loader = loader
+        self._name = name
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        _run_trigger(self._name)
+
+    def __getattr__(self, item):
+        return getattr(self._loader, item)
+
+
+class _AfterImportFinder(MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in _TRIGGERS:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        spec.loader = _LoaderProxy(spec.loader, fullname)
+        return spec
+
+
+def install() -> None:
+    if os.environ.get("MAMBA_CLIP_NO_AUTOLOAD"):
+        return
+    if any(isinstance(f, _AfterImportFinder) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _AfterImportFinder())
+    # Already imported before the hook existed (e.g. importing the hook late): register now.
+    for name in _TRIGGERS:
+        if name in sys.modules:
+            _run_trigger(name)
+
+
+install()

@@ -1,0 +1,51 @@
+"""The ``mamba-clip`` command line. Each subcommand lives in the module that owns the feature and
+exposes ``add_parser(subparsers)``; the parser it adds sets ``func`` to a function taking the parsed
+arguments. This file only lists them, so ``mamba-clip --help`` stays fast (modules import lazily).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+# subcommand -> module with add_parser(subparsers)
+SUBCOMMANDS = {
+    "convert": "mamba_clip.openclip_ext.convert_cli",
+    "ood": "mamba_clip.eval.ood.cli",
+    "demo": "mamba_clip.demo",
+}
+
+
+def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mamba-clip", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    wanted = None
+    if argv:
+        wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, module_name in SUBCOMMANDS.items():
+        if wanted in SUBCOMMANDS and name != wanted:
+            sub.add_parser(name, help=f"see 'mamba-clip {name} --help'")
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("mamba_clip"):
+                continue  # feature not built yet
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    result = args.func(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""timm backbones: importing this package registers them with timm (``@register_model``)."""
