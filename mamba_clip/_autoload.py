@@ -9,11 +9,11 @@ pretrained tags are added to it. That is what lets the unmodified ``open_clip_tr
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-import warnings
-from importlib.abc import Loader, MetaPathFinder
+
+# No importlib.abc / warnings imports at module level: they pull in tempfile, pathlib, ... and this
+# module runs in every Python process of the environment. Finder and loader are duck-typed.
 
 # module whose import triggers the hook -> function run after it is loaded
 _TRIGGERS = {
@@ -23,16 +23,20 @@ _TRIGGERS = {
 
 
 def _run_trigger(name: str) -> None:
+    import importlib
+
     module_name, func = _TRIGGERS[name]
     try:
         module = importlib.import_module(module_name)
         if func is not None:
             getattr(module, func)()
     except Exception as exc:  # never break the host import
+        import warnings
+
         warnings.warn(f"mamba_clip: could not register with {name}: {exc!r}", stacklevel=2)
 
 
-class _LoaderProxy(Loader):
+class _LoaderProxy:
     def __init__(self, loader: Loader, name: str):
         self._loader = loader
         self._name = name
@@ -48,7 +52,7 @@ class _LoaderProxy(Loader):
         return getattr(self._loader, item)
 
 
-class _AfterImportFinder(MetaPathFinder):
+class _AfterImportFinder:
     def find_spec(self, fullname, path, target=None):
         if fullname not in _TRIGGERS:
             return None

@@ -25,3 +25,7 @@ def _seed():
 
     torch.manual_seed(0)
     yield
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end test (still runs in CI)")

@@ -1,0 +1,83 @@
+"""Packaging: a non-editable wheel carries the configs and the autoload hook; `import mamba_clip` is light;
+open_clip and timm see our models in a fresh process without the user importing mamba_clip."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_NAMES = sorted(p.stem for p in (REPO / "model_configs").glob("*.json"))
+
+
+def _run(code: str, python: str = sys.executable, **env) -> str:
+    import os
+
+    full_env = {**os.environ, **env}
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, env=full_env, cwd="/")
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_import_is_light():
+    out = _run(
+        "import sys, mamba_clip; "
+        "print(sorted(m for m in ('torch', 'open_clip', 'timm', 'numpy', 'mamba_ssm') if m in sys.modules))"
+    )
+    assert out == "[]"
+
+
+def test_autoload_registers_in_fresh_process():
+    names = _run("import json, open_clip; print(json.dumps(open_clip.list_models()))")
+    listed = set(json.loads(names))
+    assert CONFIG_NAMES, "no model configs found in model_configs/"
+    missing = set(CONFIG_NAMES) - listed
+    assert not missing, f"open_clip does not list {missing}"
+
+
+def test_autoload_can_be_disabled():
+    names = _run(
+        "import json, open_clip; print(json.dumps(open_clip.list_models()))", MAMBA_CLIP_NO_AUTOLOAD="1"
+    )
+    assert not set(CONFIG_NAMES) & set(json.loads(names))
+
+
+@pytest.mark.slow
+def test_non_editable_wheel_install(tmp_path):
+    """`pip install .` path: build the wheel, install it into a fresh venv that sees the dev venv's
+    dependencies (but not its editable copy), and check configs + hook work from the installed copy."""
+    wheel_dir = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(REPO),
+         "-w", str(wheel_dir)],
+        check=True, capture_output=True, cwd=tmp_path,
+    )
+    (wheel,) = wheel_dir.glob("open_clip_mamba-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    assert "mamba_clip_autoload.pth" in names
+    for cfg in CONFIG_NAMES:
+        assert f"mamba_clip/model_configs/{cfg}.json" in names
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    site = Path(_run("import sysconfig; print(sysconfig.get_paths()['purelib'])", python=str(py)))
+    # plain directory entry: the dev venv's .pth files (incl. the editable finder) are NOT processed
+    (site / "zz_dev_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(site)
+    out = _run(
+        "import json, open_clip, mamba_clip; "
+        "print(json.dumps([mamba_clip.__file__, open_clip.list_models()]))",
+        python=str(py),
+    )
+    location, listed = json.loads(out)
+    assert location.startswith(str(site)), location
+    assert set(CONFIG_NAMES) <= set(listed)
