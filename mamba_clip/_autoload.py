@@ -37,7 +37,7 @@ def _run_trigger(name: str) -> None:
 
 
 class _LoaderProxy:
-    def __init__(self, loader: Loader, name: str):
+    def __init__(self, loader, name: str):
         self._loader = loader
         self._name = name
 
