@@ -1,0 +1,22 @@
+"""Fixtures for the OOD tests: paths into ``../shared/data`` (tests skip cleanly without it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def raw_dir(shared_dir) -> Path:
+    return shared_dir / "data" / "model-vs-human" / "raw-data"
+
+
+@pytest.fixture(scope="session")
+def stimuli_dir(shared_dir) -> Path:
+    return shared_dir / "data" / "stimuli"
+
+
+@pytest.fixture(scope="session")
+def manipulation_dir(shared_dir) -> Path:
+    return shared_dir / "data" / "manipulation"
