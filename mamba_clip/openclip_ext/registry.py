@@ -9,6 +9,9 @@ not ours back to the original function:
   through huggingface_hub and converted once (``pretrained.fetch_converted``).
 * ``open_clip.factory.get_pretrained_cfg``: for our models, ``pretrained=<path>`` of a release or a
   converted file gets the same preprocessing (ImageNet mean/std) as the tags.
+* ``open_clip.factory.create_model``: our configs get ImageNet mean/std preprocessing by default
+  (open_clip reads no preprocessing from a built-in config, only from tags), without overriding any
+  mean/std the caller forces (``image_mean=`` / ``--image-mean``).
 * ``open_clip.factory.load_checkpoint`` (and ``open_clip.load_checkpoint``): into our models, files are
   read safely (``weights_only=True``), release checkpoints converted on the fly (EMA towers), and a
   checkpoint of another architecture is reported with both model names and the first mismatches.
@@ -160,6 +163,14 @@ def _load_checkpoint(model, checkpoint_path, strict=True, weights_only=True, dev
     return model.load_state_dict(sd, strict=strict)
 
 
+def _create_model(model_name, *args, force_preprocess_cfg=None, **kwargs):
+    if isinstance(model_name, str) and model_name.replace("/", "-") in _our_config_names().values():
+        from .pretrained import PREPROCESS
+
+        force_preprocess_cfg = {**PREPROCESS, **(force_preprocess_cfg or {})}
+    return _ORIGINALS["create_model"](model_name, *args, force_preprocess_cfg=force_preprocess_cfg, **kwargs)
+
+
 def _mark(fn):
     fn._mamba_clip_hook = True
     return fn
@@ -174,6 +185,7 @@ def install_checkpoint_hooks() -> None:
         ("download_pretrained", _download_pretrained),
         ("get_pretrained_cfg", _get_pretrained_cfg),
         ("load_checkpoint", _load_checkpoint),
+        ("create_model", _create_model),
     ):
         current = getattr(factory, name)
         if getattr(current, "_mamba_clip_hook", False):

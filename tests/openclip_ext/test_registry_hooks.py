@@ -70,10 +70,11 @@ def test_other_models_use_open_clip_loader(plain_vit, tmp_path, monkeypatch):
 
 def test_open_clip_train_checkpoint_into_our_model(nano_release, tmp_path):
     """An open_clip-layout training checkpoint (``module.`` prefix, optimizer) of our model: loaded by
-    our hook (safe load + shape check), with open_clip's default preprocessing (not a release file)."""
+    our hook (safe load + shape check), with our models' default (ImageNet) preprocessing."""
     import open_clip
-    from open_clip.constants import OPENAI_DATASET_MEAN
     from torchvision.transforms import Normalize
+
+    from mamba_clip.openclip_ext.pretrained import IMAGENET_MEAN
 
     expected = nano_release.tower("online")
     path = tmp_path / "epoch_1.pt"
@@ -84,4 +85,24 @@ def test_open_clip_train_checkpoint_into_our_model(nano_release, tmp_path):
     sd = model.state_dict()
     assert all(torch.equal(sd[k], v.reshape(sd[k].shape)) for k, v in expected.items())
     norm = next(t for t in preprocess.transforms if isinstance(t, Normalize))
-    assert tuple(norm.mean) == OPENAI_DATASET_MEAN
+    assert tuple(norm.mean) == tuple(IMAGENET_MEAN)
+
+
+def test_default_preprocessing_is_imagenet_for_our_models_only():
+    import open_clip
+
+    from mamba_clip.openclip_ext.pretrained import IMAGENET_MEAN, IMAGENET_STD
+
+    for name in ("vmamba-nano", "simba-nano"):
+        model, _, preprocess = open_clip.create_model_and_transforms(name)
+        cfg = model.visual.preprocess_cfg
+        assert tuple(cfg["mean"]) == tuple(IMAGENET_MEAN) and tuple(cfg["std"]) == tuple(IMAGENET_STD)
+        normalize = preprocess.transforms[-1]
+        assert tuple(normalize.mean) == tuple(IMAGENET_MEAN)
+    # a caller's explicit mean wins; std keeps our default
+    model, _, _ = open_clip.create_model_and_transforms("vmamba-nano", image_mean=(0.5, 0.5, 0.5))
+    assert tuple(model.visual.preprocess_cfg["mean"]) == (0.5, 0.5, 0.5)
+    assert tuple(model.visual.preprocess_cfg["std"]) == tuple(IMAGENET_STD)
+    # stock models are untouched (open_clip's OpenAI defaults)
+    stock = open_clip.create_model("vit-nano")
+    assert tuple(stock.visual.preprocess_cfg["mean"]) == tuple(open_clip.OPENAI_DATASET_MEAN)
