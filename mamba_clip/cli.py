@@ -19,7 +19,9 @@ SUBCOMMANDS = {
 
 
 def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mamba-clip", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="mamba-clip", description="Mamba vision towers for open_clip: checkpoints, evaluation, demo."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     wanted = None
