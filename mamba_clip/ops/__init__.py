@@ -1,1 +1,38 @@
-"""Selective-scan kernels and the Mamba block (filled in by issue 2)."""
+"""Selective-scan kernels and the Mamba block.
+
+``selective_scan`` has mamba-ssm ``selective_scan_fn`` semantics with backends "cuda" (mamba-ssm),
+"cpu" (our fused C kernel), "torch" (vectorised, twice differentiable) and "ref" (sequential oracle);
+``"auto"`` picks one. Importing this package never imports mamba-ssm.
+
+    from mamba_clip.ops import selective_scan, Mamba, double_backward
+    y = selective_scan(u, delta, A, B, C, D, z=z, delta_bias=db, delta_softplus=True)
+    with double_backward():          # graphs that will be differentiated twice
+        loss = model(x).sum()
+"""
+
+from .mamba import Mamba, mamba_fast_path_available
+from .scan_ref import selective_scan_ref
+from .scan_torch import selective_scan_torch
+from .selective_scan import (
+    BACKENDS,
+    available_backends,
+    check_inputs,
+    double_backward,
+    resolve_backend,
+    scan_backend,
+    selective_scan,
+)
+
+__all__ = [
+    "BACKENDS",
+    "Mamba",
+    "available_backends",
+    "check_inputs",
+    "double_backward",
+    "mamba_fast_path_available",
+    "resolve_backend",
+    "scan_backend",
+    "selective_scan",
+    "selective_scan_ref",
+    "selective_scan_torch",
+]

@@ -1,0 +1,470 @@
+"""VMamba backbones for timm (Liu et al. 2024, "VMamba: Visual State Space Model", arXiv 2401.10166), as
+used by the CLIP-Mamba report (Huang, Shen, Yang 2024).
+
+Architecture facts follow VMamba's public release (``classification/models/vmamba.py``): the two-conv
+"v2" patch embed, "v3" 3x3/stride-2 conv downsampling, VSS blocks ``x + SS2D(LN(x))`` then
+``x + MLP(LN(x))``, SS2D = in_proj -> depthwise 3x3 conv (no bias) -> SiLU -> 4-direction selective
+scan -> out_norm (LayerNorm) [-> * SiLU(z) for "v2"] -> out_proj, and a ``classifier`` made of a final
+LayerNorm, global average pool and linear head. Parameter names and shapes equal VMamba's (and the
+``visual.`` subtree of the CLIP-Mamba checkpoints), so both load without renaming.
+
+Layout: the block stream is channels-last ``(B, H, W, C)`` (LayerNorm and Linear act on the last dim,
+the depthwise conv runs on a channels-last view); only the scan itself uses ``(B, 4*D, L)``.
+
+Forward types:
+    ``"v2"``                 in_proj to ``2 * d_inner``, output gated by ``SiLU(z)`` (VMamba-T220).
+    ``"v3noz"``/``"v05_noz"`` in_proj to ``d_inner``, no gate (VMamba-S/B); the two names are the
+                             same function in VMamba (they differ only in CUDA kernel choice).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import Tensor
+
+from mamba_clip.ops.cross_scan import cross_merge, cross_scan, cross_scan_grouped
+
+__all__ = ["SS2D", "VMamba", "VSSBlock", "VMAMBA_VARIANTS", "create_vmamba"]
+
+FORWARD_TYPES = ("v2", "v3noz", "v05_noz")
+_STRIDE = 32  # patch 4 x three stride-2 downsamples
+
+
+def _selective_scan():
+    # Imported lazily: the ops package is heavier than this module and is not needed to build models.
+    from mamba_clip.ops import selective_scan
+
+    return selective_scan
+
+
+def _fp32(t: Tensor) -> Tensor:
+    """SSM parameters in at least float32 (VMamba keeps A, D, dt bias in fp32; float64 stays)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+class Permute(nn.Module):
+    """``x.permute(*dims)`` as a module (keeps VMamba's ``nn.Sequential`` indices)."""
+
+    def __init__(self, *dims: int):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(*self.dims)
+
+    def extra_repr(self) -> str:
+        return str(self.dims)
+
+
+class SS2D(nn.Module):
+    """2D selective scan (VMamba SS2D). Input and output ``(B, H, W, d_model)``.
+
+    Parameters (names as VMamba): ``in_proj`` (Linear, no bias), ``conv2d`` (depthwise, ``d_conv``
+    square, optional bias), ``x_proj_weight`` (4, R + 2N, D), ``dt_projs_weight`` (4, D, R),
+    ``dt_projs_bias`` (4, D), ``A_logs`` (4D, N), ``Ds`` (4D), ``out_norm`` (LayerNorm D),
+    ``out_proj`` (Linear, no bias); D = ``d_inner`` = ssm_ratio * d_model, R = dt_rank, N = d_state.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 1,
+        ssm_ratio: float = 2.0,
+        dt_rank: Union[int, str] = "auto",
+        d_conv: int = 3,
+        conv_bias: bool = False,
+        forward_type: str = "v2",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        dt_scale: float = 1.0,
+    ):
+        super().__init__()
+        if forward_type not in FORWARD_TYPES:
+            raise ValueError(f"SS2D: unknown forward_type {forward_type!r}; accepted values: {list(FORWARD_TYPES)}")
+        if d_conv < 1 or d_conv % 2 == 0:
+            raise ValueError(f"SS2D: d_conv must be an odd positive kernel size, got {d_conv}")
+        k = 4
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_inner = d_inner = int(ssm_ratio * d_model)
+        self.dt_rank = dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.forward_type = forward_type
+        self.with_z = forward_type == "v2"
+
+        # Parameters owned directly come first in state_dict order, as in VMamba.
+        self.x_proj_weight = nn.Parameter(torch.empty(k, dt_rank + 2 * d_state, d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, dt_rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
+        self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(k * d_inner))
+        self.out_norm = nn.LayerNorm(d_inner)
+        self.in_proj = nn.Linear(d_model, d_inner * (2 if self.with_z else 1), bias=False)
+        self.act = nn.SiLU()
+        self.conv2d = nn.Conv2d(
+            d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=conv_bias
+        )
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self._dt_init = (dt_min, dt_max, dt_init_floor, dt_scale)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """Mamba/VMamba init: x_proj like nn.Linear, dt_proj weight U(+-dt_scale/sqrt(R)), dt bias =
+        softplus^-1(dt) with dt log-uniform in [dt_min, dt_max], A = -(1..N), D = 1."""
+        dt_min, dt_max, dt_init_floor, dt_scale = self._dt_init
+        bound = 1.0 / math.sqrt(self.d_inner)
+        self.x_proj_weight.uniform_(-bound, bound)
+        std = dt_scale * self.dt_rank**-0.5
+        self.dt_projs_weight.uniform_(-std, std)
+        dt = torch.exp(
+            torch.rand(self.dt_projs_bias.shape) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        ).clamp(min=dt_init_floor)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        a = torch.arange(1, self.d_state + 1, dtype=torch.float32)
+        self.A_logs.copy_(torch.log(a).expand_as(self.A_logs))
+        self.Ds.fill_(1.0)
+        for p in (self.A_logs, self.Ds):
+            p._no_weight_decay = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, h, w, _ = x.shape
+        k, d, r, n = 4, self.d_inner, self.dt_rank, self.d_state
+        length = h * w
+        if self.with_z:
+            # Two GEMMs on weight halves give contiguous x and z (a split view would be strided).
+            u = F.linear(x, self.in_proj.weight[:d])
+            z = F.linear(x, self.in_proj.weight[d:])
+        else:
+            u = self.in_proj(x)
+        # depthwise conv on the channels-last view; output stays channels-last in memory
+        u = F.silu(self.conv2d(u.permute(0, 3, 1, 2)), inplace=not torch.is_grad_enabled())
+        u = u.permute(0, 2, 3, 1)  # (B, H, W, D), contiguous
+
+        xs = cross_scan(u, channels_last=True)  # (B, 4, D, L)
+        # x_proj per direction = one GEMM on the un-scanned map, then unroll the small result
+        x_dbl = F.linear(u, self.x_proj_weight.view(-1, d)).view(b, h, w, k, r + 2 * n)
+        x_dbl = cross_scan_grouped(x_dbl)  # (B, 4, R + 2N, L)
+        dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
+        dts = torch.matmul(self.dt_projs_weight, dts)  # (B, 4, D, L)
+        ys = _selective_scan()(
+            xs.view(b, k * d, length),
+            dts.view(b, k * d, length),
+            -torch.exp(_fp32(self.A_logs)),
+            bs.contiguous(),
+            cs.contiguous(),
+            _fp32(self.Ds),
+            delta_bias=_fp32(self.dt_projs_bias.reshape(-1)),
+            delta_softplus=True,
+        )
+        y = cross_merge(ys.view(b, k, d, length), h, w, channels_last=True)  # (B, H, W, D)
+        y = self.out_norm(y)
+        if self.with_z:
+            y = y * self.act(z)
+        return self.out_proj(y)
+
+
+class VSSBlock(nn.Module):
+    """``x + drop_path(SS2D(norm(x)))`` then ``x + drop_path(MLP(norm2(x)))``; ``(B, H, W, C)``."""
+
+    def __init__(
+        self,
+        dim: int,
+        drop_path: float = 0.0,
+        mlp_ratio: float = 4.0,
+        norm_layer=nn.LayerNorm,
+        **ssm_kwargs: Any,
+    ):
+        super().__init__()
+        self.norm = norm_layer(dim)
+        self.op = SS2D(dim, **ssm_kwargs)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.op(self.norm(x)))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x
+
+
+class VMambaStage(nn.Module):
+    """``blocks`` at one resolution, then ``downsample`` (3x3 stride-2 conv + LayerNorm) or Identity."""
+
+    def __init__(self, dim: int, out_dim: Optional[int], depth: int, drop_path: Sequence[float], **kw: Any):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.blocks = nn.Sequential(*[VSSBlock(dim, drop_path=drop_path[i], **kw) for i in range(depth)])
+        if out_dim is None:
+            self.downsample = nn.Identity()
+        else:  # VMamba "v3" downsample; indices 1 and 3 carry the weights
+            self.downsample = nn.Sequential(
+                Permute(0, 3, 1, 2),
+                nn.Conv2d(dim, out_dim, kernel_size=3, stride=2, padding=1),
+                Permute(0, 2, 3, 1),
+                nn.LayerNorm(out_dim),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            for blk in self.blocks:
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+        else:
+            x = self.blocks(x)
+        return self.downsample(x)
+
+
+class VMamba(nn.Module):
+    """VMamba (VSSM) image classifier / feature extractor.
+
+    Args:
+        depths: blocks per stage.
+        dims: width of the first stage (doubled per stage) or one width per stage.
+        d_state, ssm_ratio, dt_rank, ssm_conv, ssm_conv_bias, forward_type: SS2D settings.
+        mlp_ratio: MLP hidden width / dim.
+        drop_path_rate: stochastic depth, linearly increasing over blocks.
+        num_classes: classifier outputs (0 = no head: ``forward`` returns pooled features).
+        global_pool: ``"avg"`` or ``""`` (no pooling; ``forward_head`` returns the normalised map).
+        img_size: optional nominal input size, only checked for divisibility by 32.
+    """
+
+    def __init__(
+        self,
+        depths: Sequence[int] = (2, 2, 9, 2),
+        dims: Union[int, Sequence[int]] = 96,
+        d_state: int = 1,
+        ssm_ratio: float = 2.0,
+        dt_rank: Union[int, str] = "auto",
+        ssm_conv: int = 3,
+        ssm_conv_bias: bool = False,
+        forward_type: str = "v3noz",
+        mlp_ratio: float = 4.0,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        img_size: Optional[Union[int, Tuple[int, int]]] = None,
+        patch_size: int = 4,
+    ):
+        super().__init__()
+        if forward_type not in FORWARD_TYPES:
+            raise ValueError(f"VMamba: unknown forward_type {forward_type!r}; accepted values: {list(FORWARD_TYPES)}")
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"VMamba: global_pool must be 'avg' or '', got {global_pool!r}")
+        if patch_size != 4:
+            raise ValueError(f"VMamba: only patch_size=4 (the two-conv 'v2' patch embed) is supported, got {patch_size}")
+        if img_size is not None:
+            _check_size(*((img_size, img_size) if isinstance(img_size, int) else img_size))
+        n_stages = len(depths)
+        if isinstance(dims, int):
+            dims = [dims * 2**i for i in range(n_stages)]
+        dims = list(dims)
+        if len(dims) != n_stages:
+            raise ValueError(f"VMamba: dims has {len(dims)} entries but depths has {n_stages}")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.dims = dims
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        self.inference_chunk_bytes = 12 * 2**20  # see _run_stage; 0 disables micro-batching
+
+        c0 = dims[0]
+        self.patch_embed = nn.Sequential(  # VMamba "v2" patch embed; weights at 0, 2, 5, 7
+            nn.Conv2d(in_chans, c0 // 2, kernel_size=3, stride=2, padding=1),
+            Permute(0, 2, 3, 1),
+            nn.LayerNorm(c0 // 2),
+            Permute(0, 3, 1, 2),
+            nn.GELU(),
+            nn.Conv2d(c0 // 2, c0, kernel_size=3, stride=2, padding=1),
+            Permute(0, 2, 3, 1),
+            nn.LayerNorm(c0),
+        )
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        ssm_kwargs = dict(
+            d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=ssm_conv,
+            conv_bias=ssm_conv_bias, forward_type=forward_type, mlp_ratio=mlp_ratio,
+        )
+        self.layers = nn.ModuleList()
+        self.feature_info: List[Dict[str, Any]] = []
+        for i in range(n_stages):
+            self.layers.append(VMambaStage(
+                dims[i], dims[i + 1] if i < n_stages - 1 else None, depths[i],
+                dpr[sum(depths[:i]):sum(depths[:i + 1])], **ssm_kwargs,
+            ))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2**i, module=f"layers.{i}"))
+        self.classifier = nn.Sequential(OrderedDict(
+            norm=nn.LayerNorm(self.num_features),
+            permute=Permute(0, 3, 1, 2),
+            avgpool=nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity(),
+            flatten=nn.Flatten(1) if global_pool else nn.Identity(),
+            head=nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity(),
+        ))
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # ---- timm surface -------------------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r"^patch_embed",
+            blocks=[(r"^layers\.(\d+)", None), (r"^classifier\.norm", (99999,))] if coarse else [
+                (r"^layers\.(\d+)\.blocks\.(\d+)", None),
+                (r"^layers\.(\d+)\.downsample", (99998,)),
+                (r"^classifier\.norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.classifier.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"VMamba: global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+            self.classifier.avgpool = nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity()
+            self.classifier.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        self.num_classes = num_classes
+        self.classifier.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            self._init_weights(self.classifier.head)
+
+    # ---- forward ------------------------------------------------------------------------------
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(B, C_in, H, W)`` image -> ``(B, H/32, W/32, num_features)`` channels-last map."""
+        if x.dim() != 4:
+            raise ValueError(f"VMamba: expected an image batch (B, C, H, W), got shape {tuple(x.shape)}")
+        _check_size(x.shape[-2], x.shape[-1])
+        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
+        for stage in self.layers:
+            x = self._run_stage(stage, x)
+        return x
+
+    def _run_stage(self, stage: nn.Module, x: Tensor) -> Tensor:
+        """Without autograd, a stage whose scan tensors (4 x d_inner x L per image, 8x its input) would
+        exceed ``inference_chunk_bytes`` runs on equal micro-batches: same result, but the
+        temporaries stay cache- and allocator-friendly (glibc maps, and page-faults, every fresh
+        block above 32 MiB, which costs more than the arithmetic at high resolution)."""
+        budget = self.inference_chunk_bytes
+        b = x.shape[0]
+        if torch.is_grad_enabled() or budget <= 0 or b == 1:
+            return stage(x)
+        per_image = 8 * x[0].numel() * x.element_size()
+        n_chunks = -(-b // max(1, budget // per_image))
+        if n_chunks <= 1:
+            return stage(x)
+        size = -(-b // n_chunks)
+        return torch.cat([stage(c) for c in x.split(size)], dim=0)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Final LayerNorm, global average pool, optional dropout and head. ``global_pool=''`` returns the
+        normalised ``(B, C, h, w)`` map."""
+        x = self.classifier.norm(x)
+        if not self.global_pool:
+            return x.permute(0, 3, 1, 2)
+        x = x.mean(dim=(1, 2))
+        if self.drop_rate:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.classifier.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _check_size(h: int, w: int) -> None:
+    if h % _STRIDE or w % _STRIDE or h <= 0 or w <= 0:
+        raise ValueError(
+            f"VMamba: image height and width must be positive multiples of {_STRIDE} "
+            f"(patch 4 x three stride-2 downsamples), got {h}x{w}"
+        )
+
+
+# ---- variants ---------------------------------------------------------------------------------
+VMAMBA_VARIANTS: Dict[str, Dict[str, Any]] = {
+    # CLIP-Mamba report variants (VMamba release configs vssm_tiny_0220 / small / base)
+    "vmamba_t220": dict(depths=(2, 2, 4, 2), dims=96, forward_type="v2", drop_path_rate=0.2),
+    "vmamba_s": dict(depths=(2, 2, 15, 2), dims=96, forward_type="v3noz", drop_path_rate=0.3),
+    "vmamba_b": dict(depths=(2, 2, 15, 2), dims=128, forward_type="v3noz", drop_path_rate=0.6),
+    # small model of the same code, for tests and CPU experiments
+    "vmamba_nano": dict(depths=(1, 1, 2, 1), dims=32, forward_type="v3noz", drop_path_rate=0.1),
+}
+_COMMON = dict(d_state=1, ssm_ratio=2.0, dt_rank="auto", ssm_conv=3, ssm_conv_bias=False, mlp_ratio=4.0)
+
+
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    return dict(
+        url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
+        interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+        first_conv="patch_embed.0", classifier="classifier.head", **kwargs,
+    )
+
+
+default_cfgs = generate_default_cfgs({name: _cfg() for name in VMAMBA_VARIANTS})
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> VMamba:
+    args = dict(_COMMON, **VMAMBA_VARIANTS[variant])
+    args.update(kwargs)
+    return build_model_with_cfg(VMamba, variant, pretrained, **args)
+
+
+def create_vmamba(variant: str, pretrained: bool = False, **kwargs: Any) -> VMamba:
+    """Build a registered variant by name (same as ``timm.create_model(variant, ...)``)."""
+    if variant not in VMAMBA_VARIANTS:
+        raise ValueError(f"create_vmamba: unknown variant {variant!r}; accepted values: {list(VMAMBA_VARIANTS)}")
+    return _create(variant, pretrained, **kwargs)
+
+
+@register_model
+def vmamba_t220(pretrained: bool = False, **kwargs: Any) -> VMamba:
+    """VMamba-T220: depths 2-2-4-2, dim 96, d_state 1, "v2" (SiLU(z) gate); 31.7M trunk params."""
+    return _create("vmamba_t220", pretrained, **kwargs)
+
+
+@register_model
+def vmamba_s(pretrained: bool = False, **kwargs: Any) -> VMamba:
+    """VMamba-S: depths 2-2-15-2, dim 96, d_state 1, "v3noz"; 49.4M trunk params."""
+    return _create("vmamba_s", pretrained, **kwargs)
+
+
+@register_model
+def vmamba_b(pretrained: bool = False, **kwargs: Any) -> VMamba:
+    """VMamba-B: depths 2-2-15-2, dim 128, d_state 1, "v3noz"; 87.5M trunk params."""
+    return _create("vmamba_b", pretrained, **kwargs)
+
+
+@register_model
+def vmamba_nano(pretrained: bool = False, **kwargs: Any) -> VMamba:
+    """VMamba-nano: depths 1-1-2-1, dim 32 (tests / CPU experiments)."""
+    return _create("vmamba_nano", pretrained, **kwargs)

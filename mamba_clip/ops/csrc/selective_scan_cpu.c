@@ -1,0 +1,610 @@
+/*
+ * Fused selective scan for CPUs: forward and backward, OpenMP over channels, float32.
+ *
+ * Semantics of mamba-ssm's selective_scan_fn (Gu & Dao 2023, "Mamba", Alg. 2):
+ *   dt_l  = softplus?(delta_l + delta_bias)            (softplus with torch's threshold 20)
+ *   h_l   = exp(dt_l * A) * h_{l-1} + dt_l * B_l * u_l  (state of N values per channel)
+ *   y_l   = C_l . h_l + D * u_l ;  out_l = y_l * silu(z_l) if z is given
+ * Layouts (all contiguous): u, delta, z, out, du, ddelta, dz: (batch, dim, L); A, dA: (dim, N);
+ * Bt, Ct, dBt, dCt: (batch, G, L, N) (transposed so the inner loop over N is contiguous);
+ * D, delta_bias and their grads: (dim,); last, dlast: (batch, dim, N). Optional pointers may be NULL.
+ *
+ * No (batch, dim, L, N) tensor is ever built: the forward keeps one state vector per thread; the
+ * backward recomputes the states of one channel into a per-thread scratch of 2 * L * N floats and
+ * then runs the adjoint recurrence g_l = dy_l C_l + exp(dt_{l+1} A) g_{l+1} backwards.
+ * dB/dC are shared by the channels of a group, so each thread accumulates them privately and the
+ * copies are summed at the end; dA, dD, d_delta_bias are owned by the thread that owns channel d.
+ * exp is a branch-free Cody-Waite + degree-6 polynomial so that gcc vectorises the loops over N.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+#if defined(__AVX2__) || defined(__AVX__)
+#include <immintrin.h>
+#endif
+
+#define RESTRICT __restrict__
+
+/* exp(x) to ~2 ulp for x in [-87, 88]; NaN propagates (the clamps are compares, not fmin/fmax). */
+static inline float fexp(float x) {
+    x = x > 88.0f ? 88.0f : x;
+    x = x < -87.0f ? -87.0f : x;
+    float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.38888889e-3f;
+    p = p * r + 8.33333333e-3f;
+    p = p * r + 4.16666667e-2f;
+    p = p * r + 1.66666667e-1f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float s;
+    memcpy(&s, &bits, sizeof s);
+    return p * s;
+}
+
+/* log1p(e) for e in [0, 1] via 2 atanh(e / (2 + e)); relative error ~1e-7. */
+static inline float flog1p01(float e) {
+    float s = e / (2.0f + e);
+    float s2 = s * s;
+    float p = 1.0f / 17.0f;
+    p = p * s2 + 1.0f / 15.0f;
+    p = p * s2 + 1.0f / 13.0f;
+    p = p * s2 + 1.0f / 11.0f;
+    p = p * s2 + 1.0f / 9.0f;
+    p = p * s2 + 1.0f / 7.0f;
+    p = p * s2 + 1.0f / 5.0f;
+    p = p * s2 + 1.0f / 3.0f;
+    p = p * s2 + 1.0f;
+    return 2.0f * s * p;
+}
+
+static inline float fsigmoid(float x) { return 1.0f / (1.0f + fexp(-x)); }
+
+/* dt[l] = softplus?(delta[l] + bias); sig[l] = d dt / d delta (if sig != NULL).
+ * softplus(x) = max(x, 0) + log1p(exp(-|x|)), sigmoid(x) from the same exp; x > 20 -> x (torch). */
+static void compute_dt(const float* RESTRICT delta, float bias, int softplus, int64_t L,
+                       float* RESTRICT dt, float* RESTRICT sig) {
+    if (!softplus) {
+#pragma omp simd
+        for (int64_t l = 0; l < L; ++l) dt[l] = delta[l] + bias;
+        if (sig)
+            for (int64_t l = 0; l < L; ++l) sig[l] = 1.0f;
+        return;
+    }
+    if (!sig) {
+#pragma omp simd
+        for (int64_t l = 0; l < L; ++l) {
+            float x = delta[l] + bias;
+            float e = fexp(x < 0.0f ? x : -x);
+            float sp = (x > 0.0f ? x : 0.0f) + flog1p01(e);
+            dt[l] = x > 20.0f ? x : sp;
+        }
+        return;
+    }
+#pragma omp simd
+    for (int64_t l = 0; l < L; ++l) {
+        float x = delta[l] + bias;
+        float e = fexp(x < 0.0f ? x : -x);
+        float sp = (x > 0.0f ? x : 0.0f) + flog1p01(e);
+        float r = 1.0f / (1.0f + e);
+        dt[l] = x > 20.0f ? x : sp;
+        sig[l] = x > 20.0f ? 1.0f : (x >= 0.0f ? r : e * r);
+    }
+}
+
+/* out[l] = (y[l] + Dd u[l]) * silu(z[l]) in place on y -> out. */
+static void finish_out(const float* y, const float* RESTRICT u, float Dd,
+                       const float* RESTRICT z, int64_t L, float* out) {
+    if (z) {
+#pragma omp simd
+        for (int64_t l = 0; l < L; ++l) {
+            float zl = z[l];
+            out[l] = (y[l] + Dd * u[l]) * zl * fsigmoid(zl);
+        }
+    } else {
+#pragma omp simd
+        for (int64_t l = 0; l < L; ++l) out[l] = y[l] + Dd * u[l];
+    }
+}
+
+/* ---- N == 1 (VMamba): the recurrence is a scalar chain per channel, so CB = 8 channels are scanned
+ * together: their per-step values are interleaved ([l][c], an 8 x 8 block transpose) and the chain
+ * runs as one 8-wide vector; everything else runs on contiguous rows, vectorised over L. */
+#define CB 8
+
+/* dst[l * CB + c] = rows[c][l] for c < CB, l < L (and the inverse with interleave = 0). */
+static void interleave8(float* const* rows, float* RESTRICT il, int64_t L, int to_interleaved) {
+    int64_t l0 = 0;
+#if defined(__AVX2__) || defined(__AVX__)
+    for (; l0 + 8 <= L; l0 += 8) {
+        __m256 r[8];
+        for (int k = 0; k < 8; ++k)
+            r[k] = to_interleaved ? _mm256_loadu_ps(rows[k] + l0) : _mm256_loadu_ps(il + (l0 + k) * CB);
+        __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+        __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+        __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+        __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+        r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+        r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+        r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+        r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+        r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+        r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+        r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+        r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+        for (int k = 0; k < 8; ++k) {
+            if (to_interleaved)
+                _mm256_storeu_ps(il + (l0 + k) * CB, r[k]);
+            else
+                _mm256_storeu_ps(rows[k] + l0, r[k]);
+        }
+    }
+#endif
+    for (int64_t l = l0; l < L; ++l)
+        for (int c = 0; c < CB; ++c) {
+            if (to_interleaved)
+                il[l * CB + c] = rows[c][l];
+            else
+                rows[c][l] = il[l * CB + c];
+        }
+}
+
+/* h_l = a_l h_{l-1} + w_l for CB interleaved channels from h = 0; states to hv; returns in h. */
+static void chain8_fwd(const float* RESTRICT av, const float* RESTRICT wv, float* RESTRICT hv,
+                       int64_t L, float* RESTRICT h) {
+    float hs[CB];
+    for (int c = 0; c < CB; ++c) hs[c] = 0.0f;
+    for (int64_t l = 0; l < L; ++l) {
+#pragma omp simd
+        for (int c = 0; c < CB; ++c) {
+            hs[c] = av[l * CB + c] * hs[c] + wv[l * CB + c];
+            hv[l * CB + c] = hs[c];
+        }
+    }
+    for (int c = 0; c < CB; ++c) h[c] = hs[c];
+}
+
+/* g_l = q_l + a_{l+1} g_{l+1}, g_{L-1} = q_{L-1} + g0, for CB interleaved channels -> gv. */
+static void chain8_bwd(const float* RESTRICT qv, const float* RESTRICT av, float* RESTRICT gv,
+                       int64_t L, const float* RESTRICT g0) {
+    float gs[CB], an[CB];
+    for (int c = 0; c < CB; ++c) {
+        gs[c] = g0[c];
+        an[c] = 1.0f;
+    }
+    for (int64_t l = L - 1; l >= 0; --l) {
+#pragma omp simd
+        for (int c = 0; c < CB; ++c) {
+            gs[c] = qv[l * CB + c] + an[c] * gs[c];
+            gv[l * CB + c] = gs[c];
+            an[c] = av[l * CB + c];
+        }
+    }
+}
+
+/* Forward of channels d0 .. d0+cb-1 of batch b (N == 1). ws: 5 * CB * L floats. */
+static void fwd_n1_block(const float* u, const float* delta, const float* A, const float* Bt,
+                         const float* Ct, const float* Dp, const float* z, const float* dbias,
+                         int softplus, int64_t b, int64_t d0, int cb, int64_t dim, int64_t L,
+                         int64_t G, int64_t H, float* out, float* last, float* ws) {
+    float* ar[CB];
+    float* wr[CB];
+    for (int c = 0; c < CB; ++c) {
+        ar[c] = ws + c * L;
+        wr[c] = ws + (CB + c) * L;
+    }
+    float* AV = ws + 2 * CB * L;
+    float* WV = AV + CB * L;
+    float* HV = WV + CB * L;
+    for (int c = 0; c < CB; ++c) {
+        float* RESTRICT a = ar[c];
+        float* RESTRICT w = wr[c];
+        if (c >= cb) {
+            memset(a, 0, sizeof(float) * (size_t)L);
+            memset(w, 0, sizeof(float) * (size_t)L);
+            continue;
+        }
+        const int64_t d = d0 + c, bd = b * dim + d, g = d / H;
+        compute_dt(delta + bd * L, dbias ? dbias[d] : 0.0f, softplus, L, a, NULL);
+        const float a0 = A[d];
+        const float* RESTRICT ur = u + bd * L;
+        const float* RESTRICT Br = Bt + (b * G + g) * L;
+#pragma omp simd
+        for (int64_t l = 0; l < L; ++l) {
+            float dt = a[l];
+            w[l] = dt * ur[l] * Br[l];
+            a[l] = fexp(dt * a0);
+        }
+    }
+    interleave8(ar, AV, L, 1);
+    interleave8(wr, WV, L, 1);
+    float hl[CB];
+    chain8_fwd(AV, WV, HV, L, hl);
+    interleave8(ar, HV, L, 0); /* states, back to rows (ar) */
+    for (int c = 0; c < cb; ++c) {
+        const int64_t d = d0 + c, bd = b * dim + d, g = d / H;
+        const float* RESTRICT hr = ar[c];
+        const float* RESTRICT Cr = Ct + (b * G + g) * L;
+        const float* RESTRICT ur = u + bd * L;
+        const float Dd = Dp ? Dp[d] : 0.0f;
+        float* RESTRICT o = out + bd * L;
+        if (z) {
+            const float* RESTRICT zr = z + bd * L;
+#pragma omp simd
+            for (int64_t l = 0; l < L; ++l) o[l] = (hr[l] * Cr[l] + Dd * ur[l]) * zr[l] * fsigmoid(zr[l]);
+        } else {
+#pragma omp simd
+            for (int64_t l = 0; l < L; ++l) o[l] = hr[l] * Cr[l] + Dd * ur[l];
+        }
+        if (last) last[bd] = hl[c];
+    }
+}
+
+/* Backward of channels d0 .. d0+cb-1 of batch b (N == 1); accumulates dB/dC into dBacc/dCacc
+ * and dA, dD, d_delta_bias of each channel into dAs[c], dDs[c], dbs[c]. ws: 9 * CB * L floats. */
+static void bwd_n1_block(const float* u, const float* delta, const float* A, const float* Bt,
+                         const float* Ct, const float* Dp, const float* z, const float* dbias,
+                         int softplus, const float* dout, const float* dlast, int64_t b, int64_t d0,
+                         int cb, int64_t dim, int64_t L, int64_t G, int64_t H, float* du,
+                         float* ddelta, float* dBacc, float* dCacc, float* dz, float* dAs, float* dDs,
+                         float* dbs, float* ws) {
+    float *dtr[CB], *sgr[CB], *er[CB], *hr[CB], *dyr[CB], *qr[CB];
+    for (int c = 0; c < CB; ++c) {
+        dtr[c] = ws + c * L;
+        sgr[c] = ws + (CB + c) * L;
+        er[c] = ws + (2 * CB + c) * L;
+        hr[c] = ws + (3 * CB + c) * L; /* dt u B, then the states */
+        dyr[c] = ws + (4 * CB + c) * L;
+        qr[c] = ws + (5 * CB + c) * L; /* dy C, then the adjoint states */
+    }
+    float* EV = ws + 6 * CB * L;
+    float* WV = EV + CB * L;
+    float* HV = WV + CB * L;
+    for (int c = 0; c < CB; ++c) {
+        if (c >= cb) {
+            memset(er[c], 0, sizeof(float) * (size_t)L);
+            memset(hr[c], 0, sizeof(float) * (size_t)L);
+            memset(qr[c], 0, sizeof(float) * (size_t)L);
+            continue;
+        }
+        const int64_t d = d0 + c, bd = b * dim + d, g = d / H;
+        float* RESTRICT dt = dtr[c];
+        float* RESTRICT e = er[c];
+        float* RESTRICT w = hr[c];
+        compute_dt(delta + bd * L, dbias ? dbias[d] : 0.0f, softplus, L, dt, sgr[c]);
+        const float a0 = A[d];
+        const float* RESTRICT ur = u + bd * L;
+        const float* RESTRICT Br = Bt + (b * G + g) * L;
+#pragma omp simd
+        for (int64_t l = 0; l < L; ++l) {
+            e[l] = fexp(dt[l] * a0);
+            w[l] = dt[l] * ur[l] * Br[l];
+        }
+    }
+    interleave8(er, EV, L, 1);
+    interleave8(hr, WV, L, 1);
+    float hl[CB], g0[CB];
+    chain8_fwd(EV, WV, HV, L, hl);
+    interleave8(hr, HV, L, 0); /* states -> hr rows */
+    for (int c = 0; c < cb; ++c) {
+        const int64_t d = d0 + c, bd = b * dim + d, g = d / H;
+        const float Dd = Dp ? Dp[d] : 0.0f;
+        const float* RESTRICT Cr = Ct + (b * G + g) * L;
+        const float* RESTRICT ur = u + bd * L;
+        const float* RESTRICT dor = dout + bd * L;
+        const float* RESTRICT h = hr[c];
+        float* RESTRICT dy = dyr[c];
+        float* RESTRICT q = qr[c];
+        float dDacc = 0.0f;
+        if (z) {
+            const float* RESTRICT zr = z + bd * L;
+            float* RESTRICT dzr = dz + bd * L;
+#pragma omp simd reduction(+ : dDacc)
+            for (int64_t l = 0; l < L; ++l) {
+                float zl = zr[l], sg = fsigmoid(zl);
+                float dyl = dor[l] * zl * sg;
+                dzr[l] = dor[l] * (h[l] * Cr[l] + Dd * ur[l]) * sg * (1.0f + zl * (1.0f - sg));
+                dy[l] = dyl;
+                q[l] = dyl * Cr[l];
+                dDacc += dyl * ur[l];
+            }
+        } else {
+#pragma omp simd reduction(+ : dDacc)
+            for (int64_t l = 0; l < L; ++l) {
+                dy[l] = dor[l];
+                q[l] = dor[l] * Cr[l];
+                dDacc += dor[l] * ur[l];
+            }
+        }
+        dDs[c] += dDacc;
+        g0[c] = dlast ? dlast[bd] : 0.0f;
+    }
+    for (int c = cb; c < CB; ++c) g0[c] = 0.0f;
+    interleave8(qr, WV, L, 1);
+    chain8_bwd(WV, EV, HV, L, g0);
+    interleave8(qr, HV, L, 0); /* adjoint states -> qr rows */
+    for (int c = 0; c < cb; ++c) {
+        const int64_t d = d0 + c, bd = b * dim + d, g = d / H;
+        const float Dd = Dp ? Dp[d] : 0.0f, a0 = A[d];
+        const float* RESTRICT dt = dtr[c];
+        const float* RESTRICT sig = sgr[c];
+        const float* RESTRICT e = er[c];
+        const float* RESTRICT h = hr[c];
+        const float* RESTRICT dy = dyr[c];
+        const float* RESTRICT gv = qr[c];
+        const float* RESTRICT ur = u + bd * L;
+        const float* RESTRICT Br = Bt + (b * G + g) * L;
+        float* RESTRICT dBg = dBacc + (b * G + g) * L;
+        float* RESTRICT dCg = dCacc + (b * G + g) * L;
+        float* RESTRICT dur = du + bd * L;
+        float* RESTRICT ddr = ddelta + bd * L;
+        float dA0 = 0.0f, dbacc = 0.0f;
+#pragma omp simd reduction(+ : dA0, dbacc)
+        for (int64_t l = 0; l < L; ++l) {
+            float hprev = l > 0 ? h[l - 1] : 0.0f;
+            float gl = gv[l], dtl = dt[l], ul = ur[l], Bl = Br[l];
+            float wgt = gl * hprev * e[l];
+            dA0 += wgt * dtl;
+            dCg[l] += dy[l] * h[l];
+            dBg[l] += gl * dtl * ul;
+            dur[l] = dy[l] * Dd + gl * dtl * Bl;
+            float dd = (wgt * a0 + gl * ul * Bl) * sig[l];
+            ddr[l] = dd;
+            dbacc += dd;
+        }
+        dAs[c] += dA0;
+        dbs[c] += dbacc;
+    }
+}
+
+static int64_t fwd_ws_floats(int64_t L, int64_t N) {
+    return N == 1 ? 5 * CB * L + 1 : 2 * L + N + 1;
+}
+
+static int64_t bwd_ws_floats(int64_t L, int64_t N) {
+    return N == 1 ? 9 * CB * L + 1 : 2 * L * N + 4 * L + 3 * N + 1;
+}
+
+int64_t ss_fwd_scratch_bytes(int64_t L, int64_t N, int nthreads) {
+    return (int64_t)nthreads * (int64_t)sizeof(float) * fwd_ws_floats(L, N);
+}
+
+int64_t ss_bwd_scratch_bytes(int64_t batch, int64_t dim, int64_t L, int64_t N, int64_t G,
+                             int nthreads) {
+    (void)dim;
+    int64_t acc = (int64_t)(nthreads - 1) * 2 * batch * G * L * N;
+    return (int64_t)sizeof(float) * ((int64_t)nthreads * bwd_ws_floats(L, N) + acc);
+}
+
+int ss_fwd(const float* u, const float* delta, const float* A, const float* Bt, const float* Ct,
+           const float* Dp, const float* z, const float* dbias, int softplus,
+           int64_t batch, int64_t dim, int64_t L, int64_t N, int64_t G,
+           float* out, float* last, int nthreads) {
+    const int64_t H = dim / G;
+    const int64_t nblk = (dim + CB - 1) / CB;
+    int err = 0;
+#pragma omp parallel num_threads(nthreads)
+    {
+        float* buf = (float*)malloc(sizeof(float) * (size_t)fwd_ws_floats(L, N));
+        if (!buf) {
+#pragma omp atomic write
+            err = 1;
+        }
+#pragma omp barrier
+        if (!err && N == 1) {
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t k = 0; k < batch * nblk; ++k) {
+                const int64_t b = k / nblk, d0 = (k % nblk) * CB;
+                const int cb = (int)(dim - d0 < CB ? dim - d0 : CB);
+                fwd_n1_block(u, delta, A, Bt, Ct, Dp, z, dbias, softplus, b, d0, cb, dim, L, G, H, out,
+                             last, buf);
+            }
+        } else if (!err) {
+            float* dt = buf;
+            float* y = buf + L;
+            float* h = buf + 2 * L;
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t bd = 0; bd < batch * dim; ++bd) {
+                const int64_t b = bd / dim, d = bd % dim, g = d / H;
+                const float* ur = u + bd * L;
+                const float* Ar = A + d * N;
+                const float* Bg = Bt + (b * G + g) * L * N;
+                const float* Cg = Ct + (b * G + g) * L * N;
+                compute_dt(delta + bd * L, dbias ? dbias[d] : 0.0f, softplus, L, dt, NULL);
+                for (int64_t n = 0; n < N; ++n) h[n] = 0.0f;
+                for (int64_t l = 0; l < L; ++l) {
+                    const float dtl = dt[l], dul = dtl * ur[l];
+                    const float* Bl = Bg + l * N;
+                    const float* Cl = Cg + l * N;
+                    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+                    for (int64_t n = 0; n < N; ++n) {
+                        float hn = fexp(dtl * Ar[n]) * h[n] + dul * Bl[n];
+                        h[n] = hn;
+                        acc += hn * Cl[n];
+                    }
+                    y[l] = acc;
+                }
+                finish_out(y, ur, Dp ? Dp[d] : 0.0f, z ? z + bd * L : NULL, L, out + bd * L);
+                if (last) memcpy(last + bd * N, h, sizeof(float) * (size_t)N);
+            }
+        }
+        free(buf);
+    }
+    return err;
+}
+
+/* Gradients: du, ddelta (batch, dim, L); dA (dim, N); dBt, dCt (batch, G, L, N), zero on entry;
+ * dD, ddbias (dim,) or NULL; dz (batch, dim, L) or NULL; dlast (batch, dim, N) or NULL. */
+int ss_bwd(const float* u, const float* delta, const float* A, const float* Bt, const float* Ct,
+           const float* Dp, const float* z, const float* dbias, int softplus,
+           const float* dout, const float* dlast,
+           int64_t batch, int64_t dim, int64_t L, int64_t N, int64_t G,
+           float* du, float* ddelta, float* dA, float* dBt, float* dCt, float* dD, float* dz,
+           float* ddbias, int nthreads) {
+    const int64_t H = dim / G;
+    const int64_t accsz = batch * G * L * N;
+    const int64_t nblk = (dim + CB - 1) / CB;
+    float* accs = NULL;
+    if (nthreads > 1) {
+        accs = (float*)calloc((size_t)(nthreads - 1) * 2 * (size_t)accsz, sizeof(float));
+        if (!accs) return 1;
+    }
+    int err = 0;
+#pragma omp parallel num_threads(nthreads)
+    {
+        const int tid = omp_get_thread_num();
+        float* dBacc = tid == 0 ? dBt : accs + (size_t)(tid - 1) * 2 * accsz;
+        float* dCacc = tid == 0 ? dCt : dBacc + accsz;
+        float* buf = (float*)malloc(sizeof(float) * (size_t)(bwd_ws_floats(L, N) + 3 * CB));
+        if (!buf) {
+#pragma omp atomic write
+            err = 1;
+        }
+#pragma omp barrier
+        if (!err && N == 1) {
+            float* dAs = buf + bwd_ws_floats(L, N);
+            float* dDs = dAs + CB;
+            float* dbs = dDs + CB;
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t k = 0; k < nblk; ++k) {
+                const int64_t d0 = k * CB;
+                const int cb = (int)(dim - d0 < CB ? dim - d0 : CB);
+                for (int c = 0; c < CB; ++c) dAs[c] = dDs[c] = dbs[c] = 0.0f;
+                for (int64_t b = 0; b < batch; ++b)
+                    bwd_n1_block(u, delta, A, Bt, Ct, Dp, z, dbias, softplus, dout, dlast, b, d0, cb,
+                                 dim, L, G, H, du, ddelta, dBacc, dCacc, dz, dAs, dDs, dbs, buf);
+                for (int c = 0; c < cb; ++c) {
+                    dA[d0 + c] = dAs[c];
+                    if (dD) dD[d0 + c] = dDs[c];
+                    if (ddbias) ddbias[d0 + c] = dbs[c];
+                }
+            }
+        } else if (!err) {
+            float* Hs = buf;            /* states h_l, (L, N) */
+            float* Es = Hs + L * N;     /* decays exp(dt_l A), (L, N) */
+            float* dt = Es + L * N;     /* (L) */
+            float* sig = dt + L;        /* softplus' (L) */
+            float* y = sig + L;         /* pre-gate y (L) */
+            float* dy = y + L;          /* (L) */
+            float* g = dy + L;          /* adjoint state (N) */
+            float* dAacc = g + N;       /* (N) */
+            float* zeros = dAacc + N;   /* (N) */
+            for (int64_t n = 0; n < N; ++n) zeros[n] = 0.0f;
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t d = 0; d < dim; ++d) {
+                const int64_t gi = d / H;
+                const float* Ar = A + d * N;
+                const float Dd = Dp ? Dp[d] : 0.0f;
+                float dDacc = 0.0f, dbacc = 0.0f;
+                for (int64_t n = 0; n < N; ++n) dAacc[n] = 0.0f;
+                for (int64_t b = 0; b < batch; ++b) {
+                    const int64_t bd = b * dim + d;
+                    const float* ur = u + bd * L;
+                    const float* Bg = Bt + (b * G + gi) * L * N;
+                    const float* Cg = Ct + (b * G + gi) * L * N;
+                    float* dBg = dBacc + (b * G + gi) * L * N;
+                    float* dCg = dCacc + (b * G + gi) * L * N;
+                    const float* zr = z ? z + bd * L : NULL;
+                    const float* dor = dout + bd * L;
+                    float* dur = du + bd * L;
+                    float* ddr = ddelta + bd * L;
+                    compute_dt(delta + bd * L, dbias ? dbias[d] : 0.0f, softplus, L, dt, sig);
+                    /* forward recompute: states, decays and pre-gate y */
+                    const float* hp = zeros;
+                    for (int64_t l = 0; l < L; ++l) {
+                        const float dtl = dt[l], dul = dtl * ur[l];
+                        const float* Bl = Bg + l * N;
+                        const float* Cl = Cg + l * N;
+                        float* Hl = Hs + l * N;
+                        float* El = Es + l * N;
+                        float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+                        for (int64_t n = 0; n < N; ++n) {
+                            float e = fexp(dtl * Ar[n]);
+                            float hn = e * hp[n] + dul * Bl[n];
+                            El[n] = e;
+                            Hl[n] = hn;
+                            acc += hn * Cl[n];
+                        }
+                        y[l] = acc;
+                        hp = Hl;
+                    }
+                    /* gate: dy = dout * silu(z); dz = dout * (y + D u) * silu'(z); dD */
+                    if (zr) {
+                        float* dzr = dz + bd * L;
+#pragma omp simd reduction(+ : dDacc)
+                        for (int64_t l = 0; l < L; ++l) {
+                            float zl = zr[l], s = fsigmoid(zl);
+                            float dyl = dor[l] * zl * s;
+                            dzr[l] = dor[l] * (y[l] + Dd * ur[l]) * s * (1.0f + zl * (1.0f - s));
+                            dy[l] = dyl;
+                            dDacc += dyl * ur[l];
+                        }
+                    } else {
+#pragma omp simd reduction(+ : dDacc)
+                        for (int64_t l = 0; l < L; ++l) {
+                            dy[l] = dor[l];
+                            dDacc += dor[l] * ur[l];
+                        }
+                    }
+                    /* reverse: g <- g + dy_l C_l (= dL/dh_l); then g <- g * exp(dt_l A) */
+                    for (int64_t n = 0; n < N; ++n) g[n] = dlast ? dlast[bd * N + n] : 0.0f;
+                    for (int64_t l = L - 1; l >= 0; --l) {
+                        const float dyl = dy[l], dtl = dt[l], ul = ur[l], dul = dtl * ul;
+                        const float* Bl = Bg + l * N;
+                        const float* Cl = Cg + l * N;
+                        const float* Hl = Hs + l * N;
+                        const float* El = Es + l * N;
+                        const float* hq = l > 0 ? Hs + (l - 1) * N : zeros;
+                        float* dBl = dBg + l * N;
+                        float* dCl = dCg + l * N;
+                        float ddt = 0.0f, dus = 0.0f;
+#pragma omp simd reduction(+ : ddt, dus)
+                        for (int64_t n = 0; n < N; ++n) {
+                            float gn = g[n] + dyl * Cl[n];
+                            float w = gn * hq[n] * El[n];
+                            dCl[n] += dyl * Hl[n];
+                            ddt += w * Ar[n] + gn * ul * Bl[n];
+                            dAacc[n] += w * dtl;
+                            dus += gn * Bl[n];
+                            dBl[n] += gn * dul;
+                            g[n] = gn * El[n];
+                        }
+                        dur[l] = dyl * Dd + dus * dtl;
+                        float dd = ddt * sig[l];
+                        ddr[l] = dd;
+                        dbacc += dd;
+                    }
+                }
+                for (int64_t n = 0; n < N; ++n) dA[d * N + n] = dAacc[n];
+                if (dD) dD[d] = dDacc;
+                if (ddbias) ddbias[d] = dbacc;
+            }
+        }
+        free(buf);
+    }
+    if (!err && nthreads > 1) {
+        const int nt = nthreads;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+        for (int64_t i = 0; i < accsz; ++i) {
+            float sb = 0.0f, sc = 0.0f;
+            for (int t = 1; t < nt; ++t) {
+                sb += accs[(size_t)(t - 1) * 2 * accsz + i];
+                sc += accs[(size_t)(t - 1) * 2 * accsz + accsz + i];
+            }
+            dBt[i] += sb;
+            dCt[i] += sc;
+        }
+    }
+    free(accs);
+    return err;
+}

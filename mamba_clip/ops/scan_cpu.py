@@ -1,0 +1,332 @@
+"""The "cpu" backend: our fused C selective-scan kernel, built on first use and loaded with ctypes.
+
+``csrc/selective_scan_cpu.c`` is plain C (no torch headers), compiled with the system C compiler
+(``$CC``, else ``cc``/``gcc``) into ``$MAMBA_CLIP_CACHE`` (default ``~/.cache/mamba_clip/kernels``),
+under a name keyed by a hash of source, flags, compiler version and CPU model. The build writes a
+temporary file and ``os.replace``s it, so concurrent processes never see a half-written library.
+A failed build raises :class:`KernelBuildError` naming the command and the compiler's stderr;
+``backend="auto"`` then falls back to "torch" with a one-time warning.
+
+The kernel is exposed as two ``torch.library`` custom ops (``mamba_clip::scan_cpu_fwd`` and
+``mamba_clip::scan_cpu_bwd``) with an autograd formula, so ``torch.compile`` treats it as opaque.
+Threads: ``torch.get_num_threads()`` (1 in a fork() child of a process that already used the
+kernel's OpenMP pool, which does not survive fork). Compute dtype float32.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "KernelBuildError",
+    "build_error",
+    "cache_dir",
+    "is_available",
+    "kernel_path",
+    "load_kernel",
+    "scratch_bytes",
+    "selective_scan_cpu",
+]
+
+SRC = Path(__file__).with_name("csrc") / "selective_scan_cpu.c"
+# Not -ffast-math: it implies -ffinite-math-only (NaN/Inf must propagate) and allows reassociation
+# that would undo the Cody-Waite split in exp. `omp simd reduction` vectorises the reductions instead.
+CFLAGS: Tuple[str, ...] = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
+                           "-shared", "-fPIC", "-std=gnu11")
+
+
+class KernelBuildError(RuntimeError):
+    """The C kernel could not be compiled or loaded."""
+
+
+_lock = threading.Lock()
+_lib: Optional[ctypes.CDLL] = None
+_error: Optional[str] = None
+BUILDS = 0  # compilations done by this process (the cache tests read it)
+_pool_pid: Optional[int] = None  # the process whose OpenMP thread pool the kernel has started
+
+
+def _threads() -> int:
+    """torch.get_num_threads(), or 1 in a fork() child of a process that already started our
+    OpenMP pool: GNU libgomp's pool does not survive fork and reusing it would hang."""
+    global _pool_pid
+    nt = max(1, torch.get_num_threads())
+    pid = os.getpid()
+    if _pool_pid is not None and _pool_pid != pid:
+        return 1
+    if nt > 1:
+        _pool_pid = pid
+    return nt
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("MAMBA_CLIP_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "mamba_clip" / "kernels"
+
+
+def _compiler() -> List[str]:
+    cc = os.environ.get("CC")
+    if cc:
+        return cc.split()
+    for name in ("cc", "gcc", "clang"):
+        path = shutil.which(name)
+        if path:
+            return [path]
+    raise KernelBuildError("no C compiler found (tried $CC, cc, gcc, clang); install gcc to use the "
+                           "'cpu' selective-scan backend")
+
+
+def _cpu_id() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "flags")):
+                    return line + platform.machine()
+    except OSError:
+        pass
+    return platform.processor() + platform.machine()
+
+
+def kernel_path() -> Path:
+    """Where the library for the current source, flags, compiler and CPU is (or will be) cached."""
+    cc = _compiler()
+    try:
+        ver = subprocess.run(cc + ["--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise KernelBuildError(f"cannot run the C compiler {cc!r}: {e}") from e
+    h = hashlib.sha256()
+    for part in (SRC.read_bytes(), " ".join(CFLAGS).encode(), " ".join(cc).encode(), ver.encode(),
+                 _cpu_id().encode()):
+        h.update(part)
+        h.update(b"\0")
+    return cache_dir() / f"selective_scan_cpu-{h.hexdigest()[:20]}.so"
+
+
+def _build(path: Path) -> None:
+    global BUILDS
+    BUILDS += 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    cmd = _compiler() + list(CFLAGS) + ["-o", tmp, str(SRC), "-lm"]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if res.returncode != 0:
+            raise KernelBuildError(f"building the CPU selective-scan kernel failed: `{' '.join(cmd)}` "
+                                   f"exited with {res.returncode}:\n{res.stderr.strip()}")
+        os.replace(tmp, path)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise KernelBuildError(
+            f"building the CPU selective-scan kernel failed: `{' '.join(cmd)}`: {e}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _open(path: Path) -> ctypes.CDLL:
+    # The kernel's OpenMP runtime (the system libgomp, separate from torch's bundled one) reads its
+    # settings when it is loaded: make idle workers sleep instead of spinning (unless the user chose),
+    # which matters on shared or oversubscribed machines; restore the environment afterwards.
+    prev = os.environ.get("OMP_WAIT_POLICY")
+    if prev is None:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        lib = ctypes.CDLL(str(path))
+    finally:
+        if prev is None:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+    f, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.ss_fwd.argtypes = [f] * 8 + [i32] + [i64] * 5 + [f, f, i32]
+    lib.ss_fwd.restype = i32
+    lib.ss_bwd.argtypes = [f] * 8 + [i32, f, f] + [i64] * 5 + [f] * 8 + [i32]
+    lib.ss_bwd.restype = i32
+    lib.ss_fwd_scratch_bytes.argtypes = [i64, i64, i32]
+    lib.ss_fwd_scratch_bytes.restype = i64
+    lib.ss_bwd_scratch_bytes.argtypes = [i64] * 5 + [i32]
+    lib.ss_bwd_scratch_bytes.restype = i64
+    return lib
+
+
+def load_kernel(rebuild: bool = False) -> ctypes.CDLL:
+    """Return the loaded kernel library, compiling it first if needed (raises KernelBuildError).
+
+    A cached file that fails to load (truncated, corrupt) is rebuilt once.
+    """
+    global _lib, _error
+    with _lock:
+        if _lib is not None and not rebuild:
+            return _lib
+        try:
+            path = kernel_path()
+            if rebuild or not path.exists():
+                _build(path)
+            try:
+                lib = _open(path)
+            except (OSError, AttributeError):
+                _build(path)
+                lib = _open(path)
+        except KernelBuildError as e:
+            _error = str(e)
+            raise
+        except OSError as e:
+            _error = f"loading the CPU selective-scan kernel failed: {e}"
+            raise KernelBuildError(_error) from e
+        _lib, _error = lib, None
+        return lib
+
+
+def is_available() -> bool:
+    """True if the kernel is (or can be) built and loaded. Tries the build once per process."""
+    if _lib is not None:
+        return True
+    if _error is not None:
+        return False
+    try:
+        load_kernel()
+    except KernelBuildError:
+        return False
+    return True
+
+
+def build_error() -> str:
+    """The reason the kernel is unavailable ("" when it is available)."""
+    is_available()
+    return _error or ""
+
+
+def scratch_bytes(batch: int, dim: int, L: int, N: int, G: int, backward: bool = False) -> int:
+    """Bytes the C kernel itself allocates (per-thread scratch, private dB/dC copies)."""
+    lib = load_kernel()
+    nt = torch.get_num_threads()
+    if backward:
+        return int(lib.ss_bwd_scratch_bytes(batch, dim, L, N, G, nt))
+    return int(lib.ss_fwd_scratch_bytes(L, N, nt))
+
+
+def _ptr(t: Optional[Tensor]) -> Optional[int]:
+    return None if t is None or t.numel() == 0 else t.data_ptr()
+
+
+def _opt(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None or t.numel() == 0 else t
+
+
+@torch.library.custom_op("mamba_clip::scan_cpu_fwd", mutates_args=())
+def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Optional[Tensor],
+              z: Optional[Tensor], delta_bias: Optional[Tensor], softplus: bool) -> Tuple[Tensor, Tensor]:
+    """float32 contiguous inputs in kernel layout (Bt, Ct: (batch, G, L, N)) -> (out, last_state)."""
+    lib = load_kernel()
+    batch, dim, L = u.shape
+    N, G = A.shape[1], Bt.shape[1]
+    out = torch.empty_like(u)
+    last = u.new_empty((batch, dim, N))
+    if out.numel() == 0:
+        return out, last.zero_()
+    rc = lib.ss_fwd(_ptr(u), _ptr(delta), _ptr(A), _ptr(Bt), _ptr(Ct), _ptr(D), _ptr(z), _ptr(delta_bias),
+                    int(softplus), batch, dim, L, N, G, _ptr(out), _ptr(last), _threads())
+    if rc != 0:
+        raise MemoryError("selective_scan (cpu): the kernel could not allocate its scratch memory")
+    return out, last
+
+
+@_scan_fwd.register_fake
+def _(u, delta, A, Bt, Ct, D, z, delta_bias, softplus):
+    return torch.empty_like(u), u.new_empty((u.shape[0], u.shape[1], A.shape[1]))
+
+
+@torch.library.custom_op("mamba_clip::scan_cpu_bwd", mutates_args=())
+def _scan_bwd(u: Tensor, delta: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Optional[Tensor],
+              z: Optional[Tensor], delta_bias: Optional[Tensor], softplus: bool, dout: Tensor,
+              dlast: Optional[Tensor]) -> List[Tensor]:
+    """Gradients [du, ddelta, dA, dBt, dCt, dD, dz, ddelta_bias]; absent inputs get empty tensors."""
+    lib = load_kernel()
+    batch, dim, L = u.shape
+    N, G = A.shape[1], Bt.shape[1]
+    du, ddelta = torch.empty_like(u), torch.empty_like(u)
+    dA = torch.zeros_like(A)
+    dBt, dCt = torch.zeros_like(Bt), torch.zeros_like(Ct)
+    dD = torch.zeros_like(D) if D is not None else u.new_empty(0)
+    dz = torch.zeros_like(z) if z is not None else u.new_empty(0)
+    ddb = torch.zeros_like(delta_bias) if delta_bias is not None else u.new_empty(0)
+    if u.numel() == 0:
+        return [du.zero_(), ddelta.zero_(), dA, dBt, dCt, dD, dz, ddb]
+    rc = lib.ss_bwd(_ptr(u), _ptr(delta), _ptr(A), _ptr(Bt), _ptr(Ct), _ptr(D), _ptr(z), _ptr(delta_bias),
+                    int(softplus), _ptr(dout), _ptr(dlast), batch, dim, L, N, G, _ptr(du), _ptr(ddelta),
+                    _ptr(dA), _ptr(dBt), _ptr(dCt), _ptr(dD if D is not None else None),
+                    _ptr(dz if z is not None else None), _ptr(ddb if delta_bias is not None else None),
+                    _threads())
+    if rc != 0:
+        raise MemoryError("selective_scan (cpu): the kernel could not allocate its scratch memory")
+    return [du, ddelta, dA, dBt, dCt, dD, dz, ddb]
+
+
+@_scan_bwd.register_fake
+def _(u, delta, A, Bt, Ct, D, z, delta_bias, softplus, dout, dlast):
+    return [torch.empty_like(u), torch.empty_like(u), torch.empty_like(A), torch.empty_like(Bt),
+            torch.empty_like(Ct), torch.empty_like(D) if D is not None else u.new_empty(0),
+            torch.empty_like(z) if z is not None else u.new_empty(0),
+            torch.empty_like(delta_bias) if delta_bias is not None else u.new_empty(0)]
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, Bt, Ct, D, z, delta_bias, softplus = inputs
+    ctx.save_for_backward(u, delta, A, Bt, Ct, D, z, delta_bias)
+    ctx.softplus = softplus
+
+
+def _backward(ctx, dout, dlast):
+    u, delta, A, Bt, Ct, D, z, delta_bias = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(u)
+    grads = _scan_bwd(u, delta, A, Bt, Ct, D, z, delta_bias, ctx.softplus, dout.contiguous(),
+                      None if dlast is None else dlast.contiguous())
+    du, ddelta, dA, dBt, dCt, dD, dz, ddb = grads
+    return (du, ddelta, dA, dBt, dCt, dD if D is not None else None, dz if z is not None else None,
+            ddb if delta_bias is not None else None, None)
+
+
+_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.to(torch.float32).contiguous()
+
+
+def selective_scan_cpu(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """Fused CPU selective scan (shapes as ``selective_scan``); float32 compute, returns u.dtype.
+
+    Unlike mamba-ssm's CUDA op, the gradient of the returned last state is propagated too.
+    """
+    if B.dim() == 3:
+        B = B.unsqueeze(1)
+    if C.dim() == 3:
+        C = C.unsqueeze(1)
+    Bt = B.to(torch.float32).transpose(-1, -2).contiguous()
+    Ct = C.to(torch.float32).transpose(-1, -2).contiguous()
+    out, last = _scan_fwd(_f32(u), _f32(delta), _f32(A), Bt, Ct, _f32(D), _f32(z), _f32(delta_bias),
+                          bool(delta_softplus))
+    out = out.to(u.dtype)
+    return (out, last) if return_last_state else out
