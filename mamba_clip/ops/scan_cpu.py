@@ -36,6 +36,7 @@ __all__ = [
     "is_available",
     "kernel_path",
     "load_kernel",
+    "forward_extra_bytes",
     "scratch_bytes",
     "selective_scan_cpu",
 ]
@@ -213,6 +214,27 @@ def scratch_bytes(batch: int, dim: int, L: int, N: int, G: int, backward: bool =
     if backward:
         return int(lib.ss_bwd_scratch_bytes(batch, dim, L, N, G, nt))
     return int(lib.ss_fwd_scratch_bytes(L, N, nt))
+
+
+def forward_extra_bytes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
+                        z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None) -> int:
+    """Bytes a "cpu" forward allocates for these inputs, by construction: float32 copies of inputs that
+    are not float32-contiguous, the (batch, G, L, N) transposes of B and C unless already laid out so,
+    the output, the last state and the kernel's scratch."""
+    def copy_bytes(t: Optional[Tensor]) -> int:
+        if t is None or (t.dtype == torch.float32 and t.is_contiguous()):
+            return 0
+        return t.numel() * 4
+
+    def bc_bytes(M: Tensor) -> int:
+        Mt = (M.unsqueeze(1) if M.dim() == 3 else M).transpose(-1, -2)
+        return 0 if (M.dtype == torch.float32 and Mt.is_contiguous()) else M.numel() * 4
+
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    G = B.shape[1] if B.dim() == 4 else 1
+    n = sum(copy_bytes(t) for t in (u, delta, A, D, z, delta_bias)) + bc_bytes(B) + bc_bytes(C)
+    return n + u.numel() * 4 + batch * dim * N * 4 + scratch_bytes(batch, dim, L, N, G)
 
 
 def _ptr(t: Optional[Tensor]) -> Optional[int]:

@@ -135,3 +135,12 @@ def test_non_finite_backward_does_not_crash(backend):
     # du does not depend on u (the scan is linear in u); dA does, through the states.
     assert torch.isfinite(leaves["u"].grad).all()
     assert not torch.isfinite(leaves["A"].grad).all()
+
+
+def test_import_does_not_pull_mamba_ssm():
+    import subprocess
+    import sys
+
+    code = "import sys, mamba_clip.ops; assert 'mamba_ssm' not in sys.modules; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -132,3 +132,13 @@ def test_fork_child_after_parallel_use_does_not_hang():
 
 def _child_scan(inp):
     return selective_scan(**inp, delta_softplus=True, backend="cpu")
+
+
+def test_forward_extra_bytes_accounting():
+    inp = make_inputs(2, 8, 50, 1, 4, dtype=torch.float32)
+    base = 2 * 8 * 50 * 4 + 2 * 8 * 1 * 4 + scan_cpu.scratch_bytes(2, 8, 50, 1, 4)
+    assert scan_cpu.forward_extra_bytes(**inp) == base  # N == 1: no copies of B, C
+    inp16 = make_inputs(2, 8, 50, 16, None)
+    bc = 2 * 2 * 16 * 50 * 4  # transposed float32 copies of B and C
+    expected = bc + 2 * 8 * 50 * 4 + 2 * 8 * 16 * 4 + scan_cpu.scratch_bytes(2, 8, 50, 16, 1)
+    assert scan_cpu.forward_extra_bytes(**inp16) == expected
