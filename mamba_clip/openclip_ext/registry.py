@@ -29,8 +29,12 @@ _ORIGINALS: Dict[str, object] = {}
 
 
 def config_dir() -> Path:
-    """Folder holding the installed ``model_configs/*.json``."""
-    return Path(str(resources.files("mamba_clip.model_configs")))
+    """Folder holding ``model_configs/*.json``: the installed package data, or the checkout's
+    ``model_configs/`` when running from a source tree that is not installed."""
+    try:
+        return Path(str(resources.files("mamba_clip.model_configs")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "model_configs"
 
 
 def register_open_clip() -> None:
