@@ -11,16 +11,24 @@ The kernel is exposed as two ``torch.library`` custom ops (``mamba_clip::scan_cp
 ``mamba_clip::scan_cpu_bwd``) with an autograd formula, so ``torch.compile`` treats it as opaque.
 Threads: ``torch.get_num_threads()`` (1 in a fork() child of a process that already used the
 kernel's OpenMP pool, which does not survive fork). Compute dtype float32.
+
+For N == 1 (VMamba) a forward that will be differentiated saves dt and the states, (batch, D, L)
+each, so the backward is one reverse sweep without recomputing the forward. On Linux the large
+buffers the backend allocates (outputs, gradients, saved buffers) are advised as transparent huge
+pages (``madvise(MADV_HUGEPAGE)``) before first touch: with 4 KiB pages, faulting in fresh memory
+cost more than the scan itself.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -149,9 +157,9 @@ def _open(path: Path) -> ctypes.CDLL:
         if prev is None:
             os.environ.pop("OMP_WAIT_POLICY", None)
     f, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.ss_fwd.argtypes = [f] * 8 + [i32] + [i64] * 5 + [f, f, i32]
+    lib.ss_fwd.argtypes = [f] * 8 + [i32] + [i64] * 5 + [f] * 4 + [i32]
     lib.ss_fwd.restype = i32
-    lib.ss_bwd.argtypes = [f] * 8 + [i32, f, f] + [i64] * 5 + [f] * 8 + [i32]
+    lib.ss_bwd.argtypes = [f] * 8 + [i32] + [f] * 4 + [i64] * 5 + [f] * 8 + [i32]
     lib.ss_bwd.restype = i32
     lib.ss_fwd_scratch_bytes.argtypes = [i64, i64, i32]
     lib.ss_fwd_scratch_bytes.restype = i64
@@ -237,6 +245,40 @@ def forward_extra_bytes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
     return n + u.numel() * 4 + batch * dim * N * 4 + scratch_bytes(batch, dim, L, N, G)
 
 
+_HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14
+_madvise = None  # libc madvise (Linux), resolved on first use; False when unavailable
+
+
+def _advise_huge(t: Tensor) -> Tensor:
+    """Ask Linux to back the 2 MiB-aligned interior of a large, not yet touched buffer with
+    transparent huge pages (a hint: errors are ignored, other systems are untouched)."""
+    global _madvise
+    if t.nbytes < 4 * _HUGE_PAGE:
+        return t
+    if _madvise is None:
+        _madvise = False
+        if sys.platform.startswith("linux"):
+            try:
+                fn = ctypes.CDLL(None, use_errno=True).madvise
+                fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+                fn.restype = ctypes.c_int
+                _madvise = fn
+            except (OSError, AttributeError):
+                pass
+    if _madvise:
+        p = t.data_ptr()
+        start = -(-p // _HUGE_PAGE) * _HUGE_PAGE
+        end = (p + t.nbytes) // _HUGE_PAGE * _HUGE_PAGE
+        if end > start:
+            _madvise(start, end - start, _MADV_HUGEPAGE)
+    return t
+
+
+def _big_empty_like(t: Tensor) -> Tensor:
+    return _advise_huge(torch.empty_like(t))
+
+
 def _ptr(t: Optional[Tensor]) -> Optional[int]:
     return None if t is None or t.numel() == 0 else t.data_ptr()
 
@@ -245,47 +287,63 @@ def _opt(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None or t.numel() == 0 else t
 
 
+def _saved_shapes(u: Tensor, N: int, save: bool) -> Tuple[Tuple[int, ...], ...]:
+    """Shapes of the (dt, states) buffers the N == 1 forward saves for the backward."""
+    if not (save and N == 1 and u.numel() > 0):
+        return (0,), (0,)
+    return tuple(u.shape), tuple(u.shape)
+
+
 @torch.library.custom_op("mamba_clip::scan_cpu_fwd", mutates_args=())
 def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Optional[Tensor],
-              z: Optional[Tensor], delta_bias: Optional[Tensor], softplus: bool) -> Tuple[Tensor, Tensor]:
-    """float32 contiguous inputs in kernel layout (Bt, Ct: (batch, G, L, N)) -> (out, last_state)."""
+              z: Optional[Tensor], delta_bias: Optional[Tensor], softplus: bool,
+              save: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """float32 contiguous inputs in kernel layout (Bt, Ct: (batch, G, L, N)) -> (out, last_state, dt,
+    states). With ``save`` and N == 1 the last two are (batch, D, L) buffers (dt after bias and
+    softplus, and the states) from which the backward runs without recomputing the forward; otherwise
+    they are empty. (For N > 1 the states would be (batch, D, L, N): never saved.)"""
     lib = load_kernel()
     batch, dim, L = u.shape
     N, G = A.shape[1], Bt.shape[1]
-    out = torch.empty_like(u)
+    out = _big_empty_like(u)
     last = u.new_empty((batch, dim, N))
+    dts, hs = (_advise_huge(u.new_empty(s)) for s in _saved_shapes(u, N, save))
     if out.numel() == 0:
-        return out, last.zero_()
+        return out, last.zero_(), dts, hs
     rc = lib.ss_fwd(_ptr(u), _ptr(delta), _ptr(A), _ptr(Bt), _ptr(Ct), _ptr(D), _ptr(z), _ptr(delta_bias),
-                    int(softplus), batch, dim, L, N, G, _ptr(out), _ptr(last), _threads())
+                    int(softplus), batch, dim, L, N, G, _ptr(out), _ptr(last), _ptr(dts), _ptr(hs),
+                    _threads())
     if rc != 0:
         raise MemoryError("selective_scan (cpu): the kernel could not allocate its scratch memory")
-    return out, last
+    return out, last, dts, hs
 
 
 @_scan_fwd.register_fake
-def _(u, delta, A, Bt, Ct, D, z, delta_bias, softplus):
-    return torch.empty_like(u), u.new_empty((u.shape[0], u.shape[1], A.shape[1]))
+def _(u, delta, A, Bt, Ct, D, z, delta_bias, softplus, save):
+    saved = [u.new_empty(s) for s in _saved_shapes(u, A.shape[1], save)]
+    return (torch.empty_like(u), u.new_empty((u.shape[0], u.shape[1], A.shape[1])), *saved)
 
 
 @torch.library.custom_op("mamba_clip::scan_cpu_bwd", mutates_args=())
 def _scan_bwd(u: Tensor, delta: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Optional[Tensor],
               z: Optional[Tensor], delta_bias: Optional[Tensor], softplus: bool, dout: Tensor,
-              dlast: Optional[Tensor]) -> List[Tensor]:
-    """Gradients [du, ddelta, dA, dBt, dCt, dD, dz, ddelta_bias]; absent inputs get empty tensors."""
+              dlast: Optional[Tensor], dts: Tensor, hs: Tensor) -> List[Tensor]:
+    """Gradients [du, ddelta, dA, dBt, dCt, dD, dz, ddelta_bias]; absent inputs get empty tensors.
+    dts, hs: the forward's saved buffers (empty: the kernel recomputes the forward)."""
     lib = load_kernel()
     batch, dim, L = u.shape
     N, G = A.shape[1], Bt.shape[1]
-    du, ddelta = torch.empty_like(u), torch.empty_like(u)
+    du, ddelta = _big_empty_like(u), _big_empty_like(u)
     dA = torch.zeros_like(A)
     dBt, dCt = torch.zeros_like(Bt), torch.zeros_like(Ct)
     dD = torch.zeros_like(D) if D is not None else u.new_empty(0)
-    dz = torch.zeros_like(z) if z is not None else u.new_empty(0)
+    dz = _big_empty_like(z).zero_() if z is not None else u.new_empty(0)
     ddb = torch.zeros_like(delta_bias) if delta_bias is not None else u.new_empty(0)
     if u.numel() == 0:
         return [du.zero_(), ddelta.zero_(), dA, dBt, dCt, dD, dz, ddb]
     rc = lib.ss_bwd(_ptr(u), _ptr(delta), _ptr(A), _ptr(Bt), _ptr(Ct), _ptr(D), _ptr(z), _ptr(delta_bias),
-                    int(softplus), _ptr(dout), _ptr(dlast), batch, dim, L, N, G, _ptr(du), _ptr(ddelta),
+                    int(softplus), _ptr(dout), _ptr(dlast), _ptr(dts), _ptr(hs),
+                    batch, dim, L, N, G, _ptr(du), _ptr(ddelta),
                     _ptr(dA), _ptr(dBt), _ptr(dCt), _ptr(dD if D is not None else None),
                     _ptr(dz if z is not None else None), _ptr(ddb if delta_bias is not None else None),
                     _threads())
@@ -295,7 +353,7 @@ def _scan_bwd(u: Tensor, delta: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Op
 
 
 @_scan_bwd.register_fake
-def _(u, delta, A, Bt, Ct, D, z, delta_bias, softplus, dout, dlast):
+def _(u, delta, A, Bt, Ct, D, z, delta_bias, softplus, dout, dlast, dts, hs):
     return [torch.empty_like(u), torch.empty_like(u), torch.empty_like(A), torch.empty_like(Bt),
             torch.empty_like(Ct), torch.empty_like(D) if D is not None else u.new_empty(0),
             torch.empty_like(z) if z is not None else u.new_empty(0),
@@ -303,20 +361,23 @@ def _(u, delta, A, Bt, Ct, D, z, delta_bias, softplus, dout, dlast):
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, Bt, Ct, D, z, delta_bias, softplus = inputs
-    ctx.save_for_backward(u, delta, A, Bt, Ct, D, z, delta_bias)
+    u, delta, A, Bt, Ct, D, z, delta_bias, softplus, save = inputs
+    _, _, dts, hs = output
+    ctx.mark_non_differentiable(dts, hs)
+    ctx.set_materialize_grads(False)  # no (batch, D, L) zero gradients for the saved buffers
+    ctx.save_for_backward(u, delta, A, Bt, Ct, D, z, delta_bias, dts, hs)
     ctx.softplus = softplus
 
 
-def _backward(ctx, dout, dlast):
-    u, delta, A, Bt, Ct, D, z, delta_bias = ctx.saved_tensors
+def _backward(ctx, dout, dlast, *_):
+    u, delta, A, Bt, Ct, D, z, delta_bias, dts, hs = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(u)
     grads = _scan_bwd(u, delta, A, Bt, Ct, D, z, delta_bias, ctx.softplus, dout.contiguous(),
-                      None if dlast is None else dlast.contiguous())
+                      None if dlast is None else dlast.contiguous(), dts, hs)
     du, ddelta, dA, dBt, dCt, dD, dz, ddb = grads
     return (du, ddelta, dA, dBt, dCt, dD if D is not None else None, dz if z is not None else None,
-            ddb if delta_bias is not None else None, None)
+            ddb if delta_bias is not None else None, None, None)
 
 
 _scan_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -346,9 +407,15 @@ def selective_scan_cpu(
         B = B.unsqueeze(1)
     if C.dim() == 3:
         C = C.unsqueeze(1)
+    if B.shape[1] != C.shape[1]:  # the kernel takes one group count: expand both to the common one
+        G = math.lcm(B.shape[1], C.shape[1])
+        B = B.repeat_interleave(G // B.shape[1], dim=1)
+        C = C.repeat_interleave(G // C.shape[1], dim=1)
     Bt = B.to(torch.float32).transpose(-1, -2).contiguous()
     Ct = C.to(torch.float32).transpose(-1, -2).contiguous()
-    out, last = _scan_fwd(_f32(u), _f32(delta), _f32(A), Bt, Ct, _f32(D), _f32(z), _f32(delta_bias),
-                          bool(delta_softplus))
+    save = A.shape[1] == 1 and torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
+    out, last, _, _ = _scan_fwd(_f32(u), _f32(delta), _f32(A), Bt, Ct, _f32(D), _f32(z),
+                                   _f32(delta_bias), bool(delta_softplus), save)
     out = out.to(u.dtype)
     return (out, last) if return_last_state else out

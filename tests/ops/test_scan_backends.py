@@ -110,3 +110,35 @@ def test_cpu_kernel_multithread_equals_single_thread():
     assert max_rel_err(y2, y1) <= 1e-6 and max_rel_err(l2, l1) <= 1e-6
     for k in g1:
         assert max_rel_err(g2[k], g1[k]) <= 1e-5, k
+
+
+def test_torch_n1_mixed_group_counts_match_ref():
+    """B and C with different group counts (4 and 1): the N == 1 path of "torch" works on channel
+    blocks that lie inside one group of each."""
+    inp = make_inputs(2, 8, 37, 1, 4)
+    inp["C"] = inp["C"][:, :1].clone()
+    res = {}
+    for bk in ("ref", "torch"):
+        lv = {k: v.clone().requires_grad_() for k, v in inp.items()}
+        y = selective_scan(**lv, delta_softplus=True, backend=bk)
+        y.square().sum().backward()
+        res[bk] = (y, {k: v.grad for k, v in lv.items()})
+    assert max_rel_err(res["torch"][0], res["ref"][0]) <= 1e-4
+    for k in inp:
+        assert max_rel_err(res["torch"][1][k], res["ref"][1][k]) <= 1e-4, k
+
+
+@pytest.mark.parametrize("N", [1, 4])
+def test_cpu_mixed_group_counts_match_ref(N):
+    """B with 4 groups and C with 1: the C kernel takes one group count, so both are expanded."""
+    inp = make_inputs(2, 8, 37, N, 4)
+    inp["C"] = inp["C"][:, :1].clone()
+    res = {}
+    for bk in ("ref", "cpu"):
+        lv = {k: v.clone().requires_grad_() for k, v in inp.items()}
+        y = selective_scan(**lv, delta_softplus=True, backend=bk)
+        y.square().sum().backward()
+        res[bk] = (y, {k: v.grad for k, v in lv.items()})
+    assert max_rel_err(res["cpu"][0], res["ref"][0]) <= 1e-4
+    for k in inp:
+        assert max_rel_err(res["cpu"][1][k], res["ref"][1][k]) <= 1e-4, k

@@ -42,6 +42,18 @@ def test_gradgradcheck_torch(stepwise_min, monkeypatch):
     assert torch.autograd.gradgradcheck(_fn("torch", True, KEYS), args, eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("L", [1, 5, 11])
+def test_gradcheck_and_gradgradcheck_torch_n1(L, monkeypatch):
+    """N == 1 runs through the hand-written first-order backward (and, under create_graph, the
+    differentiable rebuild): both orders must match finite differences."""
+    monkeypatch.setattr(scan_torch, "STEPWISE_MIN", 1 << 62)
+    inp = make_inputs(2, 4, L, 1, 2, dtype=torch.float64)
+    args = [inp[k].requires_grad_() for k in KEYS]
+    fn = _fn("torch", True, KEYS)
+    assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-5, rtol=1e-4)
+    assert torch.autograd.gradgradcheck(fn, args, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
 def test_gradcheck_torch_stepwise(monkeypatch):
     monkeypatch.setattr(scan_torch, "STEPWISE_MIN", 0)
     inp = make_inputs(2, 4, 6, 3, 2, dtype=torch.float64)

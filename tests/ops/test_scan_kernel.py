@@ -87,15 +87,18 @@ def test_torch_compile_treats_kernel_as_opaque_op():
         assert max_rel_err(leaves[k].grad, leaves2[k].grad) <= 1e-6, k
 
 
-def test_custom_ops_registered_with_fake_impls():
-    torch.library.opcheck(torch.ops.mamba_clip.scan_cpu_fwd.default, _kernel_args())
+@pytest.mark.parametrize("N, save", [(3, False), (1, False), (1, True)])
+def test_custom_ops_registered_with_fake_impls(N, save):
+    """Schema, fake (meta) implementation and autograd registration of the forward op, including the
+    N == 1 variant that saves (dt, softplus', states) for the backward."""
+    torch.library.opcheck(torch.ops.mamba_clip.scan_cpu_fwd.default, _kernel_args(N, save))
 
 
-def _kernel_args():
-    inp = make_inputs(2, 4, 6, 3, 2)
+def _kernel_args(N=3, save=False):
+    inp = make_inputs(2, 4, 6, N, 2)
     Bt = inp["B"].transpose(-1, -2).contiguous()
     Ct = inp["C"].transpose(-1, -2).contiguous()
-    return (inp["u"], inp["delta"], inp["A"], Bt, Ct, inp["D"], inp["z"], inp["delta_bias"], True)
+    return (inp["u"], inp["delta"], inp["A"], Bt, Ct, inp["D"], inp["z"], inp["delta_bias"], True, save)
 
 
 def test_scratch_accounting_is_small():

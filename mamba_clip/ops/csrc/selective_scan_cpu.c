@@ -12,6 +12,9 @@
  * No (batch, dim, L, N) tensor is ever built: the forward keeps one state vector per thread; the
  * backward recomputes the states of one channel into a per-thread scratch of 2 * L * N floats and
  * then runs the adjoint recurrence g_l = dy_l C_l + exp(dt_{l+1} A) g_{l+1} backwards.
+ * For N == 1 a forward that will be differentiated may save dt and the states (dts, hs: (batch, dim,
+ * L), as large as u); the backward then skips the forward recompute and the softplus (its
+ * derivative is recomputed from dt as -expm1(-dt)) and runs one reverse sweep.
  * dB/dC are shared by the channels of a group, so each thread accumulates them privately and the
  * copies are summed at the end; dA, dD, d_delta_bias are owned by the thread that owns channel d.
  * exp is a branch-free Cody-Waite + degree-6 polynomial so that gcc vectorises the loops over N.
@@ -46,20 +49,20 @@ static inline float fexp(float x) {
     return p * s;
 }
 
-/* log1p(e) for e in [0, 1] via 2 atanh(e / (2 + e)); relative error ~1e-7. */
+/* log1p(e) for e in [0, 1] as e q(e), q a degree-9 Chebyshev fit of log1p(e)/e on [0, 1] (no
+ * division); relative error < 2e-7 in float32. */
 static inline float flog1p01(float e) {
-    float s = e / (2.0f + e);
-    float s2 = s * s;
-    float p = 1.0f / 17.0f;
-    p = p * s2 + 1.0f / 15.0f;
-    p = p * s2 + 1.0f / 13.0f;
-    p = p * s2 + 1.0f / 11.0f;
-    p = p * s2 + 1.0f / 9.0f;
-    p = p * s2 + 1.0f / 7.0f;
-    p = p * s2 + 1.0f / 5.0f;
-    p = p * s2 + 1.0f / 3.0f;
-    p = p * s2 + 1.0f;
-    return 2.0f * s * p;
+    float p = -3.214113414287567e-3f;
+    p = p * e + 1.9649622961878777e-2f;
+    p = p * e - 5.643612518906593e-2f;
+    p = p * e + 1.0533368587493896e-1f;
+    p = p * e - 1.5251556038856506e-1f;
+    p = p * e + 1.9651539623737335e-1f;
+    p = p * e - 2.4947820603847504e-1f;
+    p = p * e + 3.332909941673279e-1f;
+    p = p * e - 4.999985098838806e-1f;
+    p = p * e + 1.0f;
+    return e * p;
 }
 
 static inline float fsigmoid(float x) { return 1.0f / (1.0f + fexp(-x)); }
@@ -190,64 +193,6 @@ static void chain8_bwd(const float* RESTRICT qv, const float* RESTRICT av, float
     }
 }
 
-/* Forward of channels d0 .. d0+cb-1 of batch b (N == 1). ws: 5 * CB * L floats. */
-static void fwd_n1_block(const float* u, const float* delta, const float* A, const float* Bt,
-                         const float* Ct, const float* Dp, const float* z, const float* dbias,
-                         int softplus, int64_t b, int64_t d0, int cb, int64_t dim, int64_t L,
-                         int64_t G, int64_t H, float* out, float* last, float* ws) {
-    float* ar[CB];
-    float* wr[CB];
-    for (int c = 0; c < CB; ++c) {
-        ar[c] = ws + c * L;
-        wr[c] = ws + (CB + c) * L;
-    }
-    float* AV = ws + 2 * CB * L;
-    float* WV = AV + CB * L;
-    float* HV = WV + CB * L;
-    for (int c = 0; c < CB; ++c) {
-        float* RESTRICT a = ar[c];
-        float* RESTRICT w = wr[c];
-        if (c >= cb) {
-            memset(a, 0, sizeof(float) * (size_t)L);
-            memset(w, 0, sizeof(float) * (size_t)L);
-            continue;
-        }
-        const int64_t d = d0 + c, bd = b * dim + d, g = d / H;
-        compute_dt(delta + bd * L, dbias ? dbias[d] : 0.0f, softplus, L, a, NULL);
-        const float a0 = A[d];
-        const float* RESTRICT ur = u + bd * L;
-        const float* RESTRICT Br = Bt + (b * G + g) * L;
-#pragma omp simd
-        for (int64_t l = 0; l < L; ++l) {
-            float dt = a[l];
-            w[l] = dt * ur[l] * Br[l];
-            a[l] = fexp(dt * a0);
-        }
-    }
-    interleave8(ar, AV, L, 1);
-    interleave8(wr, WV, L, 1);
-    float hl[CB];
-    chain8_fwd(AV, WV, HV, L, hl);
-    interleave8(ar, HV, L, 0); /* states, back to rows (ar) */
-    for (int c = 0; c < cb; ++c) {
-        const int64_t d = d0 + c, bd = b * dim + d, g = d / H;
-        const float* RESTRICT hr = ar[c];
-        const float* RESTRICT Cr = Ct + (b * G + g) * L;
-        const float* RESTRICT ur = u + bd * L;
-        const float Dd = Dp ? Dp[d] : 0.0f;
-        float* RESTRICT o = out + bd * L;
-        if (z) {
-            const float* RESTRICT zr = z + bd * L;
-#pragma omp simd
-            for (int64_t l = 0; l < L; ++l) o[l] = (hr[l] * Cr[l] + Dd * ur[l]) * zr[l] * fsigmoid(zr[l]);
-        } else {
-#pragma omp simd
-            for (int64_t l = 0; l < L; ++l) o[l] = hr[l] * Cr[l] + Dd * ur[l];
-        }
-        if (last) last[bd] = hl[c];
-    }
-}
-
 /* Backward of channels d0 .. d0+cb-1 of batch b (N == 1); accumulates dB/dC into dBacc/dCacc
  * and dA, dD, d_delta_bias of each channel into dAs[c], dDs[c], dbs[c]. ws: 9 * CB * L floats. */
 static void bwd_n1_block(const float* u, const float* delta, const float* A, const float* Bt,
@@ -365,8 +310,255 @@ static void bwd_n1_block(const float* u, const float* delta, const float* A, con
     }
 }
 
+
+/* sigmoid(x) = 1 - exp(-softplus(x)) from dt = softplus(x) >= 0, as -expm1(-dt): a Taylor
+ * polynomial below 0.35 (no cancellation for small dt), 1 - exp(-dt) above; relative error ~2e-7. */
+static inline float sigmoid_from_softplus(float dt) {
+    float t = dt;
+    float p = -1.0f / 40320.0f;
+    p = p * t + 1.0f / 5040.0f;
+    p = p * t - 1.0f / 720.0f;
+    p = p * t + 1.0f / 120.0f;
+    p = p * t - 1.0f / 24.0f;
+    p = p * t + 1.0f / 6.0f;
+    p = p * t - 0.5f;
+    p = p * t + 1.0f;
+    float small = p * t;
+    float big = 1.0f - fexp(-t);
+    return t < 0.35f ? small : big;
+}
+
+/* ---- N == 1, tiled over L (up to TLMAX steps at a time: long tiles keep each row a long sequential
+ * stream for the hardware prefetchers, which matters more than L1/L2 residency here). The
+ * forward can save dt and the states h (each (batch, dim, L), one float per
+ * step and channel since N == 1); the backward then needs no forward recompute and runs one reverse
+ * sweep over the tiles carrying the adjoint state. */
+#define TLMAX 4096
+#define TL_OF(L) ((L) < TLMAX ? (L) : TLMAX)
+
+/* Chain with carried state: h = a h + w over n interleaved steps (hs in/out). */
+static inline void chain8_fwd_c(const float* RESTRICT av, const float* RESTRICT wv, float* RESTRICT hv,
+                                int64_t n, float* RESTRICT hs) {
+    for (int64_t l = 0; l < n; ++l) {
+#pragma omp simd
+        for (int c = 0; c < CB; ++c) {
+            hs[c] = av[l * CB + c] * hs[c] + wv[l * CB + c];
+            hv[l * CB + c] = hs[c];
+        }
+    }
+}
+
+/* Reverse chain with carried (g, a_next): g_l = q_l + a_{l+1} g_{l+1}. */
+static inline void chain8_bwd_c(const float* RESTRICT qv, const float* RESTRICT av, float* RESTRICT gv,
+                                int64_t n, float* RESTRICT gs, float* RESTRICT an) {
+    for (int64_t l = n - 1; l >= 0; --l) {
+#pragma omp simd
+        for (int c = 0; c < CB; ++c) {
+            gs[c] = qv[l * CB + c] + an[c] * gs[c];
+            gv[l * CB + c] = gs[c];
+            an[c] = av[l * CB + c];
+        }
+    }
+}
+
+static int64_t fwd_t_ws_floats(int64_t L) { return 5 * CB * TL_OF(L) + 1; }
+static int64_t bwd_t_ws_floats(int64_t L) { return 6 * CB * TL_OF(L) + 1; }
+
+/* Forward of channels d0 .. d0+cb-1 of batch b (N == 1), tiled. dts/hs: NULL or (batch, dim, L)
+ * arrays to save dt and the states into. ws: fwd_t_ws_floats(). */
+static void fwd_n1_tiled(const float* u, const float* delta, const float* A, const float* Bt,
+                         const float* Ct, const float* Dp, const float* z, const float* dbias,
+                         int softplus, int64_t b, int64_t d0, int cb, int64_t dim, int64_t L,
+                         int64_t G, int64_t H, float* out, float* last, float* dts, float* hs,
+                         float* ws) {
+    const int64_t TL = TL_OF(L);
+    float *ar[CB], *wr[CB];
+    for (int c = 0; c < CB; ++c) {
+        ar[c] = ws + c * TL; /* dt (unless saved), then exp(dt A) */
+        wr[c] = ws + (CB + c) * TL; /* dt u B, then the states (unless saved) */
+    }
+    float* AV = ws + 2 * CB * TL;
+    float* WV = AV + CB * TL;
+    float* HV = WV + CB * TL;
+    float carry[CB];
+    for (int c = 0; c < CB; ++c) carry[c] = 0.0f;
+    for (int64_t l0 = 0; l0 < L; l0 += TL) {
+        const int64_t n = L - l0 < TL ? L - l0 : TL;
+        float* hrows[CB];
+        for (int c = 0; c < CB; ++c) {
+            float* a = ar[c]; /* may alias dt */
+            float* RESTRICT w = wr[c];
+            if (c >= cb) {
+                memset(a, 0, sizeof(float) * (size_t)n);
+                memset(w, 0, sizeof(float) * (size_t)n);
+                hrows[c] = wr[c];
+                continue;
+            }
+            const int64_t d = d0 + c, bd = b * dim + d;
+            float* dt = dts ? dts + bd * L + l0 : a; /* in place: element-wise below */
+            compute_dt(delta + bd * L + l0, dbias ? dbias[d] : 0.0f, softplus, n, dt, NULL);
+            hrows[c] = hs ? hs + bd * L + l0 : w;
+            const float a0 = A[d];
+            const float* RESTRICT ur = u + bd * L + l0;
+            const float* RESTRICT Br = Bt + (b * G + d / H) * L + l0;
+#pragma omp simd
+            for (int64_t l = 0; l < n; ++l) {
+                float dtl = dt[l];
+                w[l] = dtl * ur[l] * Br[l];
+                a[l] = fexp(dtl * a0);
+            }
+        }
+        interleave8(ar, AV, n, 1);
+        interleave8(wr, WV, n, 1);
+        chain8_fwd_c(AV, WV, HV, n, carry);
+        interleave8(hrows, HV, n, 0);
+        for (int c = 0; c < cb; ++c) {
+            const int64_t d = d0 + c, bd = b * dim + d;
+            const float* RESTRICT h = hrows[c];
+            const float* RESTRICT Cr = Ct + (b * G + d / H) * L + l0;
+            const float* RESTRICT ur = u + bd * L + l0;
+            const float Dd = Dp ? Dp[d] : 0.0f;
+            float* RESTRICT o = out + bd * L + l0;
+            if (z) {
+                const float* RESTRICT zr = z + bd * L + l0;
+#pragma omp simd
+                for (int64_t l = 0; l < n; ++l) o[l] = (h[l] * Cr[l] + Dd * ur[l]) * zr[l] * fsigmoid(zr[l]);
+            } else {
+#pragma omp simd
+                for (int64_t l = 0; l < n; ++l) o[l] = h[l] * Cr[l] + Dd * ur[l];
+            }
+        }
+    }
+    if (last)
+        for (int c = 0; c < cb; ++c) last[b * dim + d0 + c] = carry[c];
+}
+
+/* Backward of channels d0 .. d0+cb-1 of batch b (N == 1) from the saved dt and states (softplus'
+ * recomputed from dt): one reverse sweep over tiles. ws: bwd_t_ws_floats(). */
+static void bwd_n1_tiled(const float* u, const float* A, const float* Bt, const float* Ct,
+                         const float* Dp, const float* z, int softplus, const float* dts,
+                         const float* hs, const float* dout, const float* dlast, int64_t b, int64_t d0,
+                         int cb, int64_t dim, int64_t L, int64_t G, int64_t H, float* du,
+                         float* ddelta, float* dBacc, float* dCacc, float* dz, float* dAs, float* dDs,
+                         float* dbs, float* ws) {
+    const int64_t TL = TL_OF(L);
+    float *er[CB], *qr[CB], *dyr[CB];
+    for (int c = 0; c < CB; ++c) {
+        er[c] = ws + c * TL;
+        qr[c] = ws + (CB + c) * TL; /* dy C, then the adjoint states */
+        dyr[c] = ws + (2 * CB + c) * TL;
+    }
+    float* EV = ws + 3 * CB * TL;
+    float* QV = EV + CB * TL;
+    float* GV = QV + CB * TL;
+    float gs[CB], an[CB];
+    for (int c = 0; c < CB; ++c) {
+        gs[c] = (dlast && c < cb) ? dlast[b * dim + d0 + c] : 0.0f;
+        an[c] = 1.0f;
+    }
+    const int64_t ntile = (L + TL - 1) / TL;
+    for (int64_t t = ntile - 1; t >= 0; --t) {
+        const int64_t l0 = t * TL;
+        const int64_t n = L - l0 < TL ? L - l0 : TL;
+        for (int c = 0; c < CB; ++c) {
+            if (c >= cb) {
+                memset(er[c], 0, sizeof(float) * (size_t)n);
+                memset(qr[c], 0, sizeof(float) * (size_t)n);
+                continue;
+            }
+            const int64_t d = d0 + c, bd = b * dim + d;
+            const float a0 = A[d], Dd = Dp ? Dp[d] : 0.0f;
+            const float* RESTRICT Cr = Ct + (b * G + d / H) * L + l0;
+            const float* RESTRICT dt = dts + bd * L + l0;
+            const float* RESTRICT dor = dout + bd * L + l0;
+            float* RESTRICT e = er[c];
+            float* RESTRICT q = qr[c];
+            float dDacc = 0.0f;
+            if (z) {
+                const float* RESTRICT zr = z + bd * L + l0;
+                const float* RESTRICT h = hs + bd * L + l0;
+                const float* RESTRICT ur = u + bd * L + l0;
+                float* RESTRICT dzr = dz + bd * L + l0;
+                float* RESTRICT dy = dyr[c];
+#pragma omp simd reduction(+ : dDacc)
+                for (int64_t l = 0; l < n; ++l) {
+                    float zl = zr[l], sg = fsigmoid(zl);
+                    float dyl = dor[l] * zl * sg;
+                    dzr[l] = dor[l] * (h[l] * Cr[l] + Dd * ur[l]) * sg * (1.0f + zl * (1.0f - sg));
+                    dy[l] = dyl;
+                    q[l] = dyl * Cr[l];
+                    dDacc += dyl * ur[l];
+                    e[l] = fexp(dt[l] * a0);
+                }
+            } else {
+                const float* RESTRICT ur = u + bd * L + l0;
+#pragma omp simd reduction(+ : dDacc)
+                for (int64_t l = 0; l < n; ++l) {
+                    q[l] = dor[l] * Cr[l];
+                    dDacc += dor[l] * ur[l];
+                    e[l] = fexp(dt[l] * a0);
+                }
+            }
+            dDs[c] += dDacc;
+        }
+        interleave8(er, EV, n, 1);
+        interleave8(qr, QV, n, 1);
+        chain8_bwd_c(QV, EV, GV, n, gs, an);
+        interleave8(qr, GV, n, 0); /* adjoint states -> qr rows */
+        for (int c = 0; c < cb; ++c) {
+            const int64_t d = d0 + c, bd = b * dim + d;
+            const float Dd = Dp ? Dp[d] : 0.0f, a0 = A[d];
+            const float* RESTRICT dt = dts + bd * L + l0;
+            const float* RESTRICT h = hs + bd * L + l0;
+            const float* RESTRICT e = er[c];
+            const float* RESTRICT dy = z ? dyr[c] : dout + bd * L + l0;
+            const float* RESTRICT gv = qr[c];
+            const float* RESTRICT ur = u + bd * L + l0;
+            const int64_t bg = (b * G + d / H) * L + l0;
+            const float* RESTRICT Br = Bt + bg;
+            float* RESTRICT dBg = dBacc + bg;
+            float* RESTRICT dCg = dCacc + bg;
+            float* RESTRICT dur = du + bd * L + l0;
+            float* RESTRICT ddr = ddelta + bd * L + l0;
+            float dA0 = 0.0f, dbacc = 0.0f;
+            const float hfirst = l0 > 0 ? h[-1] : 0.0f;
+            if (softplus) {
+#pragma omp simd reduction(+ : dA0, dbacc)
+                for (int64_t l = 0; l < n; ++l) {
+                    float hprev = l > 0 ? h[l - 1] : hfirst;
+                    float gl = gv[l], dtl = dt[l], ul = ur[l], Bl = Br[l];
+                    float wgt = gl * hprev * e[l];
+                    dA0 += wgt * dtl;
+                    dCg[l] += dy[l] * h[l];
+                    dBg[l] += gl * dtl * ul;
+                    dur[l] = dy[l] * Dd + gl * dtl * Bl;
+                    float dd = (wgt * a0 + gl * ul * Bl) * sigmoid_from_softplus(dtl);
+                    ddr[l] = dd;
+                    dbacc += dd;
+                }
+            } else {
+#pragma omp simd reduction(+ : dA0, dbacc)
+                for (int64_t l = 0; l < n; ++l) {
+                    float hprev = l > 0 ? h[l - 1] : hfirst;
+                    float gl = gv[l], dtl = dt[l], ul = ur[l], Bl = Br[l];
+                    float wgt = gl * hprev * e[l];
+                    dA0 += wgt * dtl;
+                    dCg[l] += dy[l] * h[l];
+                    dBg[l] += gl * dtl * ul;
+                    dur[l] = dy[l] * Dd + gl * dtl * Bl;
+                    float dd = wgt * a0 + gl * ul * Bl;
+                    ddr[l] = dd;
+                    dbacc += dd;
+                }
+            }
+            dAs[c] += dA0;
+            dbs[c] += dbacc;
+        }
+    }
+}
+
 static int64_t fwd_ws_floats(int64_t L, int64_t N) {
-    return N == 1 ? 5 * CB * L + 1 : 2 * L + N + 1;
+    return N == 1 ? fwd_t_ws_floats(L) : 2 * L + N + 1;
 }
 
 static int64_t bwd_ws_floats(int64_t L, int64_t N) {
@@ -387,7 +579,7 @@ int64_t ss_bwd_scratch_bytes(int64_t batch, int64_t dim, int64_t L, int64_t N, i
 int ss_fwd(const float* u, const float* delta, const float* A, const float* Bt, const float* Ct,
            const float* Dp, const float* z, const float* dbias, int softplus,
            int64_t batch, int64_t dim, int64_t L, int64_t N, int64_t G,
-           float* out, float* last, int nthreads) {
+           float* out, float* last, float* dts, float* hs, int nthreads) {
     const int64_t H = dim / G;
     const int64_t nblk = (dim + CB - 1) / CB;
     int err = 0;
@@ -404,8 +596,8 @@ int ss_fwd(const float* u, const float* delta, const float* A, const float* Bt, 
             for (int64_t k = 0; k < batch * nblk; ++k) {
                 const int64_t b = k / nblk, d0 = (k % nblk) * CB;
                 const int cb = (int)(dim - d0 < CB ? dim - d0 : CB);
-                fwd_n1_block(u, delta, A, Bt, Ct, Dp, z, dbias, softplus, b, d0, cb, dim, L, G, H, out,
-                             last, buf);
+                fwd_n1_tiled(u, delta, A, Bt, Ct, Dp, z, dbias, softplus, b, d0, cb, dim, L, G, H, out,
+                             last, dts, hs, buf);
             }
         } else if (!err) {
             float* dt = buf;
@@ -446,7 +638,7 @@ int ss_fwd(const float* u, const float* delta, const float* A, const float* Bt, 
  * dD, ddbias (dim,) or NULL; dz (batch, dim, L) or NULL; dlast (batch, dim, N) or NULL. */
 int ss_bwd(const float* u, const float* delta, const float* A, const float* Bt, const float* Ct,
            const float* Dp, const float* z, const float* dbias, int softplus,
-           const float* dout, const float* dlast,
+           const float* dout, const float* dlast, const float* dts, const float* hs,
            int64_t batch, int64_t dim, int64_t L, int64_t N, int64_t G,
            float* du, float* ddelta, float* dA, float* dBt, float* dCt, float* dD, float* dz,
            float* ddbias, int nthreads) {
@@ -464,14 +656,15 @@ int ss_bwd(const float* u, const float* delta, const float* A, const float* Bt, 
         const int tid = omp_get_thread_num();
         float* dBacc = tid == 0 ? dBt : accs + (size_t)(tid - 1) * 2 * accsz;
         float* dCacc = tid == 0 ? dCt : dBacc + accsz;
-        float* buf = (float*)malloc(sizeof(float) * (size_t)(bwd_ws_floats(L, N) + 3 * CB));
+        const int64_t wsf = (N == 1 && dts && hs) ? bwd_t_ws_floats(L) : bwd_ws_floats(L, N);
+        float* buf = (float*)malloc(sizeof(float) * (size_t)(wsf + 3 * CB));
         if (!buf) {
 #pragma omp atomic write
             err = 1;
         }
 #pragma omp barrier
         if (!err && N == 1) {
-            float* dAs = buf + bwd_ws_floats(L, N);
+            float* dAs = buf + wsf;
             float* dDs = dAs + CB;
             float* dbs = dDs + CB;
 #pragma omp for schedule(dynamic, 1)
@@ -480,7 +673,12 @@ int ss_bwd(const float* u, const float* delta, const float* A, const float* Bt, 
                 const int cb = (int)(dim - d0 < CB ? dim - d0 : CB);
                 for (int c = 0; c < CB; ++c) dAs[c] = dDs[c] = dbs[c] = 0.0f;
                 for (int64_t b = 0; b < batch; ++b)
-                    bwd_n1_block(u, delta, A, Bt, Ct, Dp, z, dbias, softplus, dout, dlast, b, d0, cb,
+                    if (dts && hs)
+                        bwd_n1_tiled(u, A, Bt, Ct, Dp, z, softplus, dts, hs, dout, dlast,
+                                     b, d0, cb, dim, L, G, H, du, ddelta, dBacc, dCacc, dz, dAs, dDs,
+                                     dbs, buf);
+                    else
+                        bwd_n1_block(u, delta, A, Bt, Ct, Dp, z, dbias, softplus, dout, dlast, b, d0, cb,
                                  dim, L, G, H, du, ddelta, dBacc, dCacc, dz, dAs, dDs, dbs, buf);
                 for (int c = 0; c < cb; ++c) {
                     dA[d0 + c] = dAs[c];
