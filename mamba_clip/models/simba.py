@@ -20,6 +20,7 @@ fan-out for Conv2d). Tokens travel channels-last, (B, H, W, C); any input size d
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -30,10 +31,10 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
-from mamba_clip.ops import Mamba
+from mamba_clip.ops import Mamba, resolve_backend, scan_backend
 
 __all__ = ["SiMBA", "EinFFT", "SiMBABlock", "ClassBlock", "MODEL_ARGS"]
 
@@ -95,7 +96,9 @@ class Downsample(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
-        self.proj = nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1)
+        # channels_last weights: the input is a channels_last view, so are the weight gradients; equal
+        # strides keep DDP's gradient buckets copy-free (no "grad strides do not match" warning)
+        self.proj = nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1).to(memory_format=torch.channels_last)
         self.norm = nn.LayerNorm(out_dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -107,7 +110,8 @@ class DWConv(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, 3, stride=1, padding=1, groups=dim, bias=True)
+        self.dwconv = nn.Conv2d(dim, dim, 3, stride=1, padding=1, groups=dim, bias=True).to(
+            memory_format=torch.channels_last)  # see Downsample
 
     def forward(self, x: Tensor) -> Tensor:
         return _to_nhwc(self.dwconv(_to_nchw(x)))
@@ -124,7 +128,34 @@ class ConvMlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)
-        return self.fc2(self.act(self.dwconv(self.fc1(x))))
+        h = self.fc1(x)
+        if _fused_dwconv_gelu_ok(h):
+            conv = self.dwconv.dwconv
+            h = _to_nhwc(torch.ops.mkldnn._convolution_pointwise(
+                _to_nchw(h), conv.weight, conv.bias, [1, 1], [1, 1], [1, 1], conv.groups, "gelu", [], "none"))
+        else:
+            h = self.act(self.dwconv(h))
+        return self.fc2(h)
+
+
+def _fused_dwconv_gelu_ok(h: Tensor) -> bool:
+    """Inference on CPU in float32: oneDNN's depthwise conv with the exact (erf) GELU fused as a
+    post-op (the op torch.compile's CPU backend emits) saves a pass over the 4-8x wide hidden tensor.
+    Same numbers as conv then GELU; skipped whenever autograd, another device/dtype, or an older
+    torch without the op is involved."""
+    return (
+        _HAS_MKLDNN_POINTWISE and h.device.type == "cpu" and h.dtype == torch.float32
+        and not torch.is_grad_enabled() and not torch.jit.is_scripting() and not _is_compiling()
+        and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    )
+
+
+_HAS_MKLDNN_POINTWISE = hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+def _is_compiling() -> bool:
+    fn = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(fn()) if fn is not None else False
 
 
 class Mlp(nn.Module):
@@ -381,11 +412,16 @@ class SiMBA(nn.Module):
                              "divisible by 32 (e.g. 224, 256, 384)")
 
     def _run_blocks(self, blocks: nn.ModuleList, x: Tensor) -> Tensor:
-        for blk in blocks:
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(blk, x)
-            else:
+        if not (self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()):
+            for blk in blocks:
                 x = blk(x)
+            return x
+        # The recomputation runs inside backward(), outside any ``scan_backend`` / ``double_backward``
+        # context of the forward: pin the backend the forward resolved so both passes match.
+        backend = resolve_backend("auto", x)
+        context_fn = lambda: (contextlib.nullcontext(), scan_backend(backend))
+        for blk in blocks:
+            x = checkpoint(blk, x, use_reentrant=False, context_fn=context_fn)
         return x
 
     def _stage(self, i: int, x: Tensor) -> Tensor:

@@ -201,13 +201,14 @@ def test_deterministic_and_save_load_roundtrip(tmp_path):
 def test_gradients_reach_every_parameter(mixer, backend):
     """Every parameter gets a gradient (DDP without find_unused_parameters). "torch" is the scan
     backend used on CUDA without mamba-ssm and under ``double_backward()``."""
-    m = _nano(num_classes=3, channel_mixer=mixer, drop_path_rate=0.1).train()
+    m = _nano(num_classes=3, channel_mixer=mixer, drop_path_rate=0.0).train()
     with scan_backend(backend):
         out = m(torch.randn(2, 3, 64, 64))
         out.square().sum().backward()
     for name, p in m.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
+        assert p.grad.stride() == p.stride(), name  # DDP buckets need equal strides (no copy, no warning)
         if name == "post_network.0.attn.mamba.A_log":
             # The class block runs Mamba over one token from a zero state, so exp(dt A) multiplies zero:
             # A_log is in the graph (DDP-safe) but its gradient is exactly 0 in the released design.
@@ -216,14 +217,32 @@ def test_gradients_reach_every_parameter(mixer, backend):
         assert p.grad.abs().sum() > 0, name
 
 
-def test_grad_checkpointing_same_output_and_grads():
+def test_drop_path_schedule_and_modes():
+    m = timm.create_model("simba_s", num_classes=0, depths=(1, 1, 2, 1), drop_path_rate=0.4)
+    rates = [getattr(blk.drop_path, "drop_prob", 0.0) for i in range(4) for blk in getattr(m, f"block{i + 1}")]
+    assert rates[0] == 0.0 and rates == sorted(rates) and abs(rates[-1] - 0.4) < 1e-6  # linear in depth
+    assert not hasattr(m.post_network[0], "drop_path")  # the class block has none
+    nano = _nano(num_classes=0, drop_path_rate=0.5)
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        nano.eval()
+        assert torch.equal(nano(x), nano(x))
+        nano.train()
+        assert not torch.equal(nano(x), nano(x))
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_grad_checkpointing_same_output_and_grads(backend):
+    """Same outputs and gradients with checkpointed blocks, also when the forward ran under a
+    ``scan_backend`` context that the recomputation (inside backward) is no longer in."""
     torch.manual_seed(0)
     a = _nano(num_classes=3, drop_path_rate=0.0).train()
     b = _nano(num_classes=3, drop_path_rate=0.0).train()
     b.load_state_dict(a.state_dict())
     b.set_grad_checkpointing(True)
     x = torch.randn(2, 3, 64, 64)
-    ya, yb = a(x), b(x)
+    with scan_backend(backend):
+        ya, yb = a(x), b(x)
     torch.testing.assert_close(ya, yb)
     ya.sum().backward()
     yb.sum().backward()
@@ -450,3 +469,17 @@ def test_einfft_under_bf16_autocast():
         y = m(torch.randn(2, 3, 64, 64))
     y.float().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def test_fused_inference_path_matches_autograd_path():
+    """Under no_grad the channel mixer runs oneDNN's fused depthwise-conv + GELU; same numbers as the
+    conv -> GELU path autograd uses."""
+    from mamba_clip.models import simba as simba_mod
+
+    m = _nano(num_classes=0).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fused = m(x)
+        assert simba_mod._fused_dwconv_gelu_ok(torch.zeros(1)) == simba_mod._HAS_MKLDNN_POINTWISE
+    plain = m(x)
+    torch.testing.assert_close(fused, plain.detach(), rtol=1e-5, atol=1e-6)
