@@ -59,7 +59,9 @@ def _chunked(u, delta, A, B, C, T: Optional[int]):
     x = (du * Bt).view(T, batch, dim, nc, N)
 
     a_t, x_t = a.unbind(0), x.unbind(0)  # unbind: its backward is one stack, not T scatters
-    hs = [x_t[0]]
+    # h_0 = a_0 * 0 + x_0: written out when it is the only step, so A stays in the graph (zero grad,
+    # not None: an unused parameter breaks DDP, e.g. SiMBA's one-token class block).
+    hs = [torch.addcmul(x_t[0], a_t[0], torch.zeros_like(x_t[0])) if T == 1 else x_t[0]]
     for t in range(1, T):
         hs.append(torch.addcmul(x_t[t], a_t[t], hs[-1]))
     h = torch.stack(hs, 0)

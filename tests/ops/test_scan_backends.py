@@ -142,3 +142,15 @@ def test_cpu_mixed_group_counts_match_ref(N):
     assert max_rel_err(res["cpu"][0], res["ref"][0]) <= 1e-4
     for k in inp:
         assert max_rel_err(res["cpu"][1][k], res["ref"][1][k]) <= 1e-4, k
+
+
+@pytest.mark.parametrize("L", [1, 2])
+def test_every_input_gets_a_gradient(backend, L):
+    """No input is left out of the graph (a None grad is an unused parameter to DDP), even for L == 1
+    where the first decay multiplies a zero state."""
+    inp = make_inputs(1, 4, L, 16, None, z=True, bias=True, seed=3)
+    leaves = {k: v.clone().requires_grad_() for k, v in inp.items() if v is not None}
+    y = selective_scan(**leaves, delta_softplus=True, backend=backend)
+    y.sum().backward()
+    missing = [k for k, v in leaves.items() if v.grad is None]
+    assert not missing, f"no gradient for {missing} (L={L})"
