@@ -83,6 +83,8 @@ setup(
         "safetensors>=0.4",
         "huggingface_hub>=0.20",
         "pillow>=9",
+        # open_clip_train imports pandas for CSV datasets (stock trainer).
+        "pandas>=1.5",
     ],
     extras_require={
         "cuda": ["mamba-ssm>=2.0", "causal-conv1d>=1.2"],

@@ -115,6 +115,7 @@ class SS2D(nn.Module):
         )
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
         self._dt_init = (dt_min, dt_max, dt_init_floor, dt_scale)
+        self.inference_chunk_bytes = 0  # set by VMamba; > 0 splits big inference scans by channels
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -150,27 +151,61 @@ class SS2D(nn.Module):
         u = F.silu(self.conv2d(u.permute(0, 3, 1, 2)), inplace=not torch.is_grad_enabled())
         u = u.permute(0, 2, 3, 1)  # (B, H, W, D), contiguous
 
-        xs = cross_scan(u, channels_last=True)  # (B, 4, D, L)
         # x_proj per direction = one GEMM on the un-scanned map, then unroll the small result
         x_dbl = F.linear(u, self.x_proj_weight.view(-1, d)).view(b, h, w, k, r + 2 * n)
         x_dbl = cross_scan_grouped(x_dbl)  # (B, 4, R + 2N, L)
         dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
-        dts = torch.matmul(self.dt_projs_weight, dts)  # (B, 4, D, L)
-        ys = _selective_scan()(
-            xs.view(b, k * d, length),
-            dts.view(b, k * d, length),
-            -torch.exp(_fp32(self.A_logs)),
-            bs.contiguous(),
-            cs.contiguous(),
-            _fp32(self.Ds),
-            delta_bias=_fp32(self.dt_projs_bias.reshape(-1)),
-            delta_softplus=True,
-        )
-        y = cross_merge(ys.view(b, k, d, length), h, w, channels_last=True)  # (B, H, W, D)
+        bs, cs = bs.contiguous(), cs.contiguous()
+        del x_dbl
+
+        pieces = 1
+        if self.inference_chunk_bytes > 0 and not torch.is_grad_enabled():
+            # the scan tensors are 4x the map; split the channels when they would exceed the budget
+            pieces = min(d, -(-(b * k * d * length * u.element_size()) // self.inference_chunk_bytes))
+        if pieces <= 1:
+            y = self._scan_merge(u, dts, bs, cs, 0, d)
+        else:
+            y = u.new_empty(b, h, w, d)
+            step = -(-d // pieces)
+            for c0 in range(0, d, step):
+                c1 = min(d, c0 + step)
+                y[..., c0:c1] = self._scan_merge(u[..., c0:c1], dts, bs, cs, c0, c1)
         y = self.out_norm(y)
         if self.with_z:
-            y = y * self.act(z)
+            if torch.is_grad_enabled():
+                y = y * self.act(z)
+            else:
+                y *= F.silu(z, inplace=True)
         return self.out_proj(y)
+
+    def _scan_merge(self, u: Tensor, dts: Tensor, bs: Tensor, cs: Tensor, c0: int, c1: int) -> Tensor:
+        """Cross-scan, selective scan and cross-merge of channels ``c0:c1``.
+
+        u: (B, H, W, c1-c0) channels-last; dts: (B, 4, R, L) low-rank dt; bs, cs: (B, 4, N, L).
+        Returns (B, H, W, c1-c0).
+        """
+        b, h, w, dc = u.shape
+        k, d, length = 4, self.d_inner, h * w
+        xs = cross_scan(u, channels_last=True)  # (B, 4, dc, L)
+        whole = c0 == 0 and c1 == d
+        dtw = self.dt_projs_weight if whole else self.dt_projs_weight[:, c0:c1]
+        delta = torch.matmul(dtw, dts)  # (B, 4, dc, L)
+
+        def per_channel(p: Tensor) -> Tensor:  # (4 * D, ...) parameter -> rows of channels c0:c1
+            return p if whole else p.view(k, d, *p.shape[1:])[:, c0:c1].reshape(k * dc, *p.shape[1:])
+
+        ys = _selective_scan()(
+            xs.view(b, k * dc, length),
+            delta.view(b, k * dc, length),
+            -torch.exp(_fp32(per_channel(self.A_logs))),
+            bs,
+            cs,
+            _fp32(per_channel(self.Ds)),
+            delta_bias=_fp32(per_channel(self.dt_projs_bias.reshape(-1))),
+            delta_softplus=True,
+        )
+        del xs, delta  # free the 4x-sized scan inputs before the merge allocates
+        return cross_merge(ys.view(b, k, dc, length), h, w, channels_last=True)
 
 
 class VSSBlock(nn.Module):
@@ -192,6 +227,17 @@ class VSSBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.is_grad_enabled() and not self.training:
+            # inference: same arithmetic, in place where autograd is not watching
+            y = self.op(self.norm(x))
+            y += x
+            x = y
+            h = self.mlp.fc1(self.norm2(x))
+            torch.ops.aten.gelu_(h)
+            y = self.mlp.fc2(h)
+            del h
+            y += x
+            return y
         x = x + self.drop_path(self.op(self.norm(x)))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x
@@ -262,7 +308,7 @@ class VMamba(nn.Module):
         if global_pool not in ("avg", ""):
             raise ValueError(f"VMamba: global_pool must be 'avg' or '', got {global_pool!r}")
         if patch_size != 4:
-            raise ValueError(f"VMamba: only patch_size=4 (the two-conv 'v2' patch embed) is supported, got {patch_size}")
+            raise ValueError(f"VMamba: only patch_size=4 (the two-conv 'v2' patch embed) works, got {patch_size}")
         if img_size is not None:
             _check_size(*((img_size, img_size) if isinstance(img_size, int) else img_size))
         n_stages = len(depths)
@@ -277,7 +323,7 @@ class VMamba(nn.Module):
         self.dims = dims
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
-        self.inference_chunk_bytes = 12 * 2**20  # see _run_stage; 0 disables micro-batching
+        self.mlp_ratio = mlp_ratio
 
         c0 = dims[0]
         self.patch_embed = nn.Sequential(  # VMamba "v2" patch embed; weights at 0, 2, 5, 7
@@ -311,6 +357,19 @@ class VMamba(nn.Module):
             head=nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity(),
         ))
         self.apply(self._init_weights)
+        self.inference_chunk_bytes = 24 * 2**20
+
+    @property
+    def inference_chunk_bytes(self) -> int:
+        """Largest temporary (bytes) inference aims for; 0 turns the splitting off. See ``_chunked``."""
+        return self._inference_chunk_bytes
+
+    @inference_chunk_bytes.setter
+    def inference_chunk_bytes(self, value: int) -> None:
+        self._inference_chunk_bytes = int(value)
+        for m in self.modules():
+            if isinstance(m, SS2D):
+                m.inference_chunk_bytes = int(value)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -366,26 +425,29 @@ class VMamba(nn.Module):
         if x.dim() != 4:
             raise ValueError(f"VMamba: expected an image batch (B, C, H, W), got shape {tuple(x.shape)}")
         _check_size(x.shape[-2], x.shape[-1])
-        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
+        x = x.contiguous(memory_format=torch.channels_last)
+        # largest patch-embed map: (C0 / 2) x (H / 2) x (W / 2) per image
+        x = self._chunked(self.patch_embed, x, self.dims[0] // 2 * (x.shape[2] // 2) * (x.shape[3] // 2))
         for stage in self.layers:
-            x = self._run_stage(stage, x)
+            x = self._chunked(stage, x, int(self.mlp_ratio * x[0].numel()))  # MLP hidden map per image
         return x
 
-    def _run_stage(self, stage: nn.Module, x: Tensor) -> Tensor:
-        """Without autograd, a stage whose scan tensors (4 x d_inner x L per image, 8x its input) would
-        exceed ``inference_chunk_bytes`` runs on equal micro-batches: same result, but the
-        temporaries stay cache- and allocator-friendly (glibc maps, and page-faults, every fresh
-        block above 32 MiB, which costs more than the arithmetic at high resolution)."""
+    def _chunked(self, module: nn.Module, x: Tensor, per_image_numel: int) -> Tensor:
+        """Inference memory discipline (no autograd; same result): a module whose largest map
+        (``per_image_numel`` elements per image) would exceed ``inference_chunk_bytes`` runs on equal
+        micro-batches, and SS2D splits its 4x-sized scan tensors by channels the same way. glibc maps
+        (and this VM page-faults) every fresh block above 32 MiB; at 224 px and up that costs more than
+        the arithmetic, and small temporaries stay in cache."""
         budget = self.inference_chunk_bytes
         b = x.shape[0]
         if torch.is_grad_enabled() or budget <= 0 or b == 1:
-            return stage(x)
-        per_image = 8 * x[0].numel() * x.element_size()
+            return module(x)
+        per_image = max(1, per_image_numel * x.element_size())
         n_chunks = -(-b // max(1, budget // per_image))
         if n_chunks <= 1:
-            return stage(x)
+            return module(x)
         size = -(-b // n_chunks)
-        return torch.cat([stage(c) for c in x.split(size)], dim=0)
+        return torch.cat([module(c) for c in x.split(size)], dim=0)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Final LayerNorm, global average pool, optional dropout and head. ``global_pool=''`` returns the

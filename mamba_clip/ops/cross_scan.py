@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Tuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -46,31 +45,16 @@ def _check_map(x: Tensor, name: str) -> None:
         raise ValueError(f"{name}: expected a 4-d feature map (B, C, H, W) or (B, H, W, C), got {shape}")
 
 
-def _numpy_ok(*ts: Tensor) -> bool:
-    """numpy handles negative strides (a reversed view), torch does not: its ``flip`` makes an indexed
-    copy that is several times slower than a plain copy. Use numpy for plain CPU float32/64 tensors
-    outside of torch.compile tracing; everything else takes the torch path."""
-    if torch.compiler.is_compiling():
-        return False
-    return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in ts)
+def _reversed(t: Tensor, h: int, w: int) -> Tensor:
+    """``t[..., ::-1]`` for a last dim of length ``h * w``, as a new tensor. Reversing a sequence is
+    flipping both dims of any 2-d factorisation of it; torch's 2-d flip is the fastest reversal."""
+    lead = t.shape[:-1]
+    return t.reshape(*lead, h, w).flip(-2, -1).view(*lead, h * w)
 
 
-def _reverse_into(dst: Tensor, src: Tensor) -> None:
-    """dst[..., i] = src[..., L-1-i] (same shapes, no overlap)."""
-    if _numpy_ok(dst, src):
-        np.copyto(dst.detach().numpy(), src.detach().numpy()[..., ::-1])
-    else:
-        dst.copy_(src.flip(-1))
-
-
-def _add_reversed(a: Tensor, b: Tensor) -> Tensor:
-    """a + b[..., ::-1] as a new contiguous tensor."""
-    out = torch.empty(a.shape, dtype=a.dtype, device=a.device)
-    if _numpy_ok(a, b):
-        np.add(a.detach().numpy(), b.detach().numpy()[..., ::-1], out=out.numpy())
-    else:
-        torch.add(a, b.flip(-1), out=out)
-    return out
+def _flip_into(src: Tensor, dst: Tensor) -> None:
+    """dst <- src flipped in its last two dims (any strides, no overlap)."""
+    torch.ops.aten.flip.out(src, [-2, -1], out=dst)
 
 
 def _scan_fwd(x: Tensor) -> Tensor:
@@ -81,21 +65,21 @@ def _scan_fwd(x: Tensor) -> Tensor:
     xs[:, 0].view(b, c, h, w).copy_(x)
     # per-channel H<->W transpose of the fresh row-major copy (cache-friendlier than re-reading x)
     xs[:, 1].view(b, c, w, h).copy_(xs[:, 0].view(b, c, h, w).transpose(2, 3))
-    _reverse_into(xs[:, 2:4], xs[:, 0:2])
+    # reversed directions written in place (flip.out skips flip's temporary)
+    _flip_into(xs[:, 0:2].view(b, 2, c, h, w), xs[:, 2:4].view(b, 2, c, h, w))
     return xs
 
 
 def _merge_fwd(ys: Tensor, h: int, w: int, channels_last: bool) -> Tensor:
     """ys: (B, 4, C, H*W) -> (B, H, W, C) if channels_last else (B, C, H, W), both contiguous."""
     b, _, c, _ = ys.shape
-    s = _add_reversed(ys[:, 0:2], ys[:, 2:4])  # (B, 2, C, L): rows, cols
-    out = ys.new_empty((b, h, w, c) if channels_last else (b, c, h, w))
-    torch.add(
-        s[:, 0].view(b, c, h, w),
-        s[:, 1].view(b, c, w, h).transpose(2, 3),
-        out=_as_bchw(out, channels_last),
-    )
-    return out
+    s = _reversed(ys[:, 2:4], h, w)  # (B, 2, C, L) fresh
+    s += ys[:, 0:2]  # rows, cols
+    rows = s[:, 0].view(b, c, h, w)
+    rows += s[:, 1].view(b, c, w, h).transpose(2, 3)
+    if channels_last:
+        return rows.permute(0, 2, 3, 1).contiguous()
+    return rows.contiguous()
 
 
 class _CrossScan(torch.autograd.Function):
@@ -161,12 +145,10 @@ def _dir_view(t: Tensor, k: int, h: int, w: int) -> Tensor:
 
 def _copy_dir(dst: Tensor, src: Tensor, reverse: bool) -> None:
     """dst <- src, or dst <- src reversed in both of its last two dims (= reversed unrolling)."""
-    if not reverse:
-        dst.copy_(src)
-    elif _numpy_ok(dst, src):
-        np.copyto(dst.detach().numpy(), src.detach().numpy()[..., ::-1, ::-1])
+    if reverse:
+        _flip_into(src, dst)
     else:
-        dst.copy_(src.flip(-2, -1))
+        dst.copy_(src)
 
 
 def _scan_grouped_fwd(x: Tensor) -> Tensor:

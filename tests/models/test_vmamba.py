@@ -93,7 +93,8 @@ def _ss2d_oracle(op: SS2D, x: torch.Tensor) -> torch.Tensor:
         state = torch.zeros(b, d, n, dtype=x.dtype)
         out = []
         for i in range(L):
-            state = torch.exp(dt[:, :, i, None] * a) * state + dt[:, :, i, None] * bk[:, None, :, i] * seq[:, :, i, None]
+            dti = dt[:, :, i, None]
+            state = torch.exp(dti * a) * state + dti * bk[:, None, :, i] * seq[:, :, i, None]
             out.append((state * ck[:, None, :, i]).sum(-1) + dk * seq[:, :, i])
         y[:, :, order] += torch.stack(out, dim=-1)
     y = F.layer_norm(y.view(b, d, h, w).permute(0, 2, 3, 1), (d,), op.out_norm.weight, op.out_norm.bias)
@@ -148,15 +149,38 @@ def test_t220_forward_224():
     assert out.shape == (1, 768) and torch.isfinite(out).all()
 
 
-def test_micro_batched_inference_equals_full_batch():
+def test_micro_batched_inference_equals_full_batch(monkeypatch):
     model = timm.create_model("vmamba_nano", num_classes=0).eval()
     x = torch.randn(5, 3, 96, 96)
+    calls = []
+    orig = SS2D._scan_merge
+
+    def spy(self, u, *args):
+        calls.append(tuple(u.shape))
+        return orig(self, u, *args)
+
+    monkeypatch.setattr(SS2D, "_scan_merge", spy)
     with torch.no_grad():
         model.inference_chunk_bytes = 0
         full = model(x)
-        model.inference_chunk_bytes = 1  # smallest budget: one image per chunk
+        assert calls[0] == (5, 24, 24, 64)  # whole batch, all channels
+        calls.clear()
+        # stage 0: MLP map 4 * 32 * 576 * 4 B = 295 kB per image -> one image per chunk; its scan
+        # tensors (590 kB) -> two channel halves
+        model.inference_chunk_bytes = 300_000
         chunked = model(x)
+    assert calls[:2] == [(1, 24, 24, 32), (1, 24, 24, 32)]
     torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("forward_type", ["v2", "v3noz"])
+def test_inference_fast_path_matches_autograd_path(forward_type):
+    model = _tiny(forward_type).eval()
+    x = torch.randn(3, 3, 64, 64)
+    with_graph = model(x)  # autograd path (grad enabled)
+    with torch.inference_mode():
+        fast = model(x)  # in-place inference path, micro-batched
+    torch.testing.assert_close(fast, with_graph.detach(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("forward_type", ["v2", "v3noz"])

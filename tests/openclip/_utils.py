@@ -151,21 +151,26 @@ def run_trainer(
         "--csv-img-key", "filepath", "--csv-caption-key", "title", "--csv-separator", "\t",
         "--batch-size", str(batch_size), "--epochs", str(epochs), "--lr", str(lr), "--wd", "0.0",
         "--warmup", "1", "--workers", "0", "--device", "cpu", "--seed", str(seed),
-        "--force-image-size", str(image_size), "--logs", str(logs), "--name", name,
+        "--force-image-size", str(image_size), "--name", name,
         "--log-every-n-steps", "1", "--save-frequency", "1", "--zeroshot-frequency", "0", "--report-to", "",
     ]
     if val:
         args += ["--val-data", str(train_csv)]
     args += list(extra)
+    logs = Path(logs)
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+        # torchrun's own parser rejects "--logs" as an ambiguous abbreviation of its "--logs-specs", so
+        # multi-process runs keep open_clip's default "./logs" under cwd
+        log_dir = logs / "logs" / name
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                "-m", "open_clip_train.main", *args]
     else:
+        args += ["--logs", str(logs)]
+        log_dir = logs / name
         cmd = [sys.executable, "-m", "open_clip_train.main", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=subprocess_env(threads),
                           cwd=str(logs))
     out = proc.stdout + proc.stderr
-    log_dir = Path(logs) / name
     run = TrainRun(proc.returncode, log_dir, out)
     log_file = log_dir / "out.log"
     text = log_file.read_text() if log_file.exists() else out
