@@ -3,7 +3,10 @@
 ``scan_share(fn)`` runs ``fn()`` (one inference call) a few times with every ``selective_scan`` that
 ``mamba_clip`` modules call wrapped by a wall-clock timer (backend-agnostic: "cpu", "torch", "ref",
 "cuda"), and returns JSON-ready figures: median seconds per call, median scan seconds per call, their
-ratio, the number of scan calls and state updates per call, and the backend used. ``top_ops(fn)`` is
+ratio, the number of scan calls and state updates per call, and the backend used. Functions other
+than ``selective_scan`` that do the scan (a fused SS2D path, say) are timed too when registered in
+``SCAN_FUNCTIONS`` or named with a prefix in ``SCAN_FUNCTION_PREFIXES`` (``ss2d_*``) in
+``mamba_clip.ops``; ``scan_functions`` in the result gives the time and calls per wrapped function. ``top_ops(fn)`` is
 the torch.profiler view (self CPU time per op). ``benchmarks/bench_towers.py`` can import both:
 
     from _profile_scan import scan_share           # benchmarks/ is on sys.path when run as a script
@@ -18,13 +21,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import importlib
 import json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import torch
 
@@ -34,51 +39,118 @@ BASELINE = "ViT-B-16"
 TARGETS = {"simba-l": 0.5}  # minimum images/s ratio to the baseline
 
 
+# What counts as "the scan": ``selective_scan`` plus any function registered here, and any function of
+# ``mamba_clip.ops`` whose name starts with one of the prefixes (a fused VMamba SS2D inference path that
+# bypasses ``selective_scan``, e.g. ``ss2d_scan_merge_cpu``, is then timed too, with whatever it fuses:
+# cross-scan, dt projection, merge). Nested calls (a registered function that calls ``selective_scan``)
+# are timed once, by the outermost call. SCAN_MODULES are imported first when they exist, so that a
+# lazily imported fused path is found even before the model has run.
+SCAN_FUNCTIONS: List[str] = ["selective_scan"]
+SCAN_FUNCTION_PREFIXES: Tuple[str, ...] = ("ss2d_",)
+SCAN_MODULES: List[str] = ["mamba_clip.ops.ss2d_fused"]
+
+
+def _is_scan_name(name: str) -> bool:
+    return name in SCAN_FUNCTIONS or name.startswith(SCAN_FUNCTION_PREFIXES)
+
+
+def scan_functions() -> Dict[str, Callable]:
+    """The functions ``timed_scan`` wraps: registered or prefix-matching callables defined in
+    ``mamba_clip.ops`` (looked up in every loaded ``mamba_clip.ops`` module), by qualified name."""
+    import mamba_clip.ops  # noqa: F401  (loads the package so its modules are in sys.modules)
+
+    for name in SCAN_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    found: Dict[str, Callable] = {}
+    for mod_name, mod in list(sys.modules.items()):
+        if mod is None or not (mod_name == "mamba_clip.ops" or mod_name.startswith("mamba_clip.ops.")):
+            continue
+        for attr, obj in list(vars(mod).items()):
+            if (_is_scan_name(attr) and callable(obj) and not isinstance(obj, type)
+                    and str(getattr(obj, "__module__", "")).startswith("mamba_clip.ops")):
+                found.setdefault(f"{obj.__module__}.{getattr(obj, '__qualname__', attr)}", obj)
+    return found
+
+
 @contextlib.contextmanager
 def timed_scan(stats: Dict[str, Any]) -> Iterator[None]:
-    """Wrap ``selective_scan`` wherever a loaded ``mamba_clip`` module refers to it; accumulate
-    ``stats['seconds']``, ``stats['calls']``, ``stats['updates']`` (batch * D * L * N) and the
-    backends used. Restores the originals on exit."""
+    """Wrap the scan functions (``scan_functions()``) wherever a loaded ``mamba_clip`` module refers to
+    them; accumulate ``stats['seconds']`` (outermost calls only), ``stats['calls']`` and
+    ``stats['updates']`` (batch * D * L * N, ``selective_scan`` calls), the backends used and, in
+    ``stats['by_function']``, seconds and calls per function. Restores the originals on exit."""
     from mamba_clip.ops import resolve_backend
-    from mamba_clip.ops import selective_scan as original
+    from mamba_clip.ops import selective_scan as scan_original
 
-    def wrapper(u, delta, A, *args, **kwargs):
-        t0 = time.perf_counter()
-        out = original(u, delta, A, *args, **kwargs)
-        stats["seconds"] += time.perf_counter() - t0
-        stats["calls"] += 1
-        stats["updates"] += u.numel() * A.shape[-1]
-        stats["backends"].add(resolve_backend(kwargs.get("backend", "auto"), u))
-        return out
+    originals = scan_functions()
+    by_function = stats.setdefault("by_function", {})
+    depth = [0]
 
+    def make_wrapper(qualname: str, original: Callable) -> Callable:
+        is_scan = original is scan_original
+
+        @functools.wraps(original)
+        def wrapper(*args, **kwargs):
+            entry = by_function.setdefault(qualname, {"seconds": 0.0, "calls": 0})
+            entry["calls"] += 1
+            if is_scan:
+                stats["calls"] += 1
+                u, A = args[0], (args[2] if len(args) > 2 else kwargs["A"])
+                stats["updates"] += u.numel() * A.shape[-1]
+                stats["backends"].add(resolve_backend(kwargs.get("backend", "auto"), u))
+            depth[0] += 1
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    dt = time.perf_counter() - t0
+                    stats["seconds"] += dt
+                    entry["seconds"] += dt
+
+        return wrapper
+
+    wrappers = {id(fn): make_wrapper(q, fn) for q, fn in originals.items()}  # originals keep the ids valid
     patched = []
     for name, mod in list(sys.modules.items()):
-        if name.startswith("mamba_clip") and getattr(mod, "selective_scan", None) is original:
-            patched.append(mod)
-            mod.selective_scan = wrapper
+        if mod is None or not name.startswith("mamba_clip"):
+            continue
+        for attr, obj in list(vars(mod).items()):
+            if id(obj) in wrappers:
+                patched.append((mod, attr, obj))
+                setattr(mod, attr, wrappers[id(obj)])
     try:
         yield
     finally:
-        for mod in patched:
-            mod.selective_scan = original
+        for mod, attr, obj in patched:
+            setattr(mod, attr, obj)
 
 
 def scan_share(fn: Callable[[], object], rounds: int = 3, warmup: int = 1) -> Dict[str, Any]:
-    """Median wall time of ``fn()`` and of the selective scans inside it (under inference_mode)."""
+    """Median wall time of ``fn()`` and of the scans inside it (under inference_mode); the scan is
+    ``selective_scan`` and any other function ``scan_functions()`` finds (see ``SCAN_FUNCTIONS``)."""
+    rounds = max(1, rounds)
     totals: List[float] = []
     scans: List[float] = []
-    stats: Dict[str, Any] = {"seconds": 0.0, "calls": 0, "updates": 0, "backends": set()}
+    per_round: List[Dict[str, Dict[str, float]]] = []
+    stats: Dict[str, Any] = {"seconds": 0.0, "calls": 0, "updates": 0, "backends": set(), "by_function": {}}
     with torch.inference_mode():
         for _ in range(warmup):
             fn()
         with timed_scan(stats):
             for _ in range(rounds):
                 stats.update(seconds=0.0, calls=0, updates=0)
+                stats["by_function"].clear()
                 t0 = time.perf_counter()
                 fn()
                 totals.append(time.perf_counter() - t0)
                 scans.append(stats["seconds"])
+                per_round.append({k: dict(v) for k, v in stats["by_function"].items()})
     total, scan = statistics.median(totals), statistics.median(scans)
+    names = sorted({k for r in per_round for k in r})
+    by_function = {k: {"seconds_per_call": statistics.median(r.get(k, {}).get("seconds", 0.0) for r in per_round),
+                       "calls_per_call": per_round[-1].get(k, {}).get("calls", 0)} for k in names}
     return {
         "seconds_per_call": total,
         "scan_seconds_per_call": scan,
@@ -87,6 +159,7 @@ def scan_share(fn: Callable[[], object], rounds: int = 3, warmup: int = 1) -> Di
         "scan_state_updates_per_call": stats["updates"],
         "scan_ns_per_state_update": 1e9 * scan / stats["updates"] if stats["updates"] else None,
         "scan_backends": sorted(stats["backends"]),
+        "scan_functions": by_function,
         "threads": torch.get_num_threads(),
         "rounds": rounds,
     }

@@ -5,14 +5,15 @@ Shapes (issue 2):
       (with D skip and delta_bias, as VMamba calls it; no z);
   S2  SiMBA-L stage-2 scan: batch 1, D=384, N=64, L=784, G=1 (D skip, delta_bias and z gate as in
       a Mamba block; softplus off as specified).
-Times are medians of ``--runs`` runs after one warm-up: "fwd" under ``torch.no_grad()``,
-"fwd_bwd" a forward with all inputs requiring grad plus ``y.backward(random dy)``.
+Times are medians of ``--runs`` runs (``--ref-runs`` for "ref") after one warm-up, the backends
+interleaved round by round so that load from other processes hits all of them alike: "fwd" under
+``torch.no_grad()``, "fwd_bwd" a forward with all inputs requiring grad plus ``y.backward(random dy)``.
 Peak extra memory of the "cpu" forward is measured in a child process (see ``memory_method`` in the
 JSON). Targets: cpu fwd >= 10x ref, cpu fwd+bwd >= 50x ref, torch fwd+bwd >= 10x ref, cpu forward
 peak extra memory <= 2x the inputs' bytes.
 
     python benchmarks/bench_scan.py                    # -> benchmarks/results/bench_scan.json
-    python benchmarks/bench_scan.py --threads 2 --runs 5 --out /tmp/b.json
+    python benchmarks/bench_scan.py --threads 2 --runs 9 --ref-runs 5 --out /tmp/b.json
 """
 
 from __future__ import annotations
@@ -80,17 +81,12 @@ def make_inputs(batch, dim, N, L, G, z, seed=0, **_) -> Dict[str, torch.Tensor]:
     }
 
 
-def timeit(fn: Callable[[], None], runs: int) -> Dict[str, object]:
-    fn()  # warm-up
-    ts: List[float] = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
+def _stats(ts: List[float]) -> Dict[str, object]:
     return {"median_s": statistics.median(ts), "min_s": min(ts), "runs_s": ts}
 
 
-def bench_backend(inp, softplus, backend, runs):
+def make_cases(inp, softplus, backend) -> Dict[str, Callable[[], None]]:
+    """The two timed calls of one backend: "fwd" (no grad) and "fwd_bwd" (all inputs need grad)."""
     def fwd():
         with torch.no_grad():
             selective_scan(**inp, delta_softplus=softplus, backend=backend)
@@ -105,7 +101,26 @@ def bench_backend(inp, softplus, backend, runs):
         y = selective_scan(**leaves, delta_softplus=softplus, backend=backend)
         y.backward(gy)
 
-    return {"fwd": timeit(fwd, runs), "fwd_bwd": timeit(fwd_bwd, runs)}
+    return {"fwd": fwd, "fwd_bwd": fwd_bwd}
+
+
+def bench_shape(inp, softplus, backends: List[str], runs: Dict[str, int], desc: str = ""):
+    """Median times of every backend, timed in interleaved rounds (round r runs each backend once, a
+    backend with fewer runs sits out the later rounds) after one warm-up each, so that load from
+    other processes hits all backends alike and the ratios stay fair."""
+    cases = {b: make_cases(inp, softplus, b) for b in backends}
+    times = {b: {k: [] for k in ("fwd", "fwd_bwd")} for b in backends}
+    for b in backends:
+        for fn in cases[b].values():
+            fn()  # warm-up
+    for r in tqdm(range(max(runs.values())), desc=desc, unit="round", leave=False):
+        for kind in ("fwd", "fwd_bwd"):
+            for b in backends:
+                if r < runs[b]:
+                    t0 = time.perf_counter()
+                    cases[b][kind]()
+                    times[b][kind].append(time.perf_counter() - t0)
+    return {b: {k: _stats(v) for k, v in t.items()} for b, t in times.items()}
 
 
 MEM_CHILD = r"""
@@ -164,8 +179,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="S1,S2")
     ap.add_argument("--backends", default="ref,torch,cpu")
-    ap.add_argument("--runs", type=int, default=5, help="timed runs of the fast backends (median)")
-    ap.add_argument("--ref-runs", type=int, default=3, help="timed runs of the ref backend (median)")
+    ap.add_argument("--runs", type=int, default=9, help="timed runs of the fast backends (median)")
+    ap.add_argument("--ref-runs", type=int, default=5, help="timed runs of the ref backend (median)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_scan.json"))
     args = ap.parse_args(argv)
@@ -180,18 +195,16 @@ def main(argv=None) -> int:
         "load_average_start": load_average(), "targets": TARGETS, "memory_method": MEMORY_METHOD,
         "shapes": {},
     }
-    jobs = [(s, b) for s in args.shapes.split(",") for b in backends]
     inputs = {}
-    for s, b in tqdm(jobs, desc="bench_scan", unit="backend"):
+    for s in args.shapes.split(","):
         spec = SHAPES[s]
-        if s not in inputs:
-            inputs[s] = make_inputs(**spec)
-            result["shapes"][s] = {"spec": spec, "times": {}}
-        runs = args.ref_runs if b == "ref" else args.runs
-        t = bench_backend(inputs[s], spec["softplus"], b, runs)
-        result["shapes"][s]["times"][b] = t
-        tqdm.write(f"{s} {b:5s} fwd {t['fwd']['median_s'] * 1e3:9.1f} ms   "
-                   f"fwd+bwd {t['fwd_bwd']['median_s'] * 1e3:9.1f} ms")
+        inputs[s] = make_inputs(**spec)
+        runs = {b: args.ref_runs if b == "ref" else args.runs for b in backends}
+        times = bench_shape(inputs[s], spec["softplus"], backends, runs, desc=f"bench_scan {s}")
+        result["shapes"][s] = {"spec": spec, "times": times}
+        for b, t in times.items():
+            tqdm.write(f"{s} {b:5s} fwd {t['fwd']['median_s'] * 1e3:9.1f} ms   "
+                       f"fwd+bwd {t['fwd_bwd']['median_s'] * 1e3:9.1f} ms")
 
     passes = []
     for s, r in result["shapes"].items():

@@ -1,9 +1,9 @@
-"""Image-tower inference speed on CPU against open_clip's own ViT-B-16 (issue 3, "Speed").
+"""Image-tower inference speed on CPU against open_clip's own ViT-B-16 (issues 3 and 4, "Speed").
 
 fp32, batch 8, 224 px, ``torch.inference_mode``; each tower is ``open_clip.create_model(name).visual``
 (trunk + projection), timed in interleaved rounds in one process so machine load hits all of them
 alike; the figure per tower is the median over rounds. Also times vmamba-s at 448 px against 224 px.
-Towers whose config is not installed (e.g. simba-* before issue 4 lands) are reported as missing.
+Towers whose config is not installed are reported as missing.
 
 The measurement runs in child processes, one per mode ``THREADS:ALLOCATOR``:
 
@@ -16,11 +16,23 @@ The measurement runs in child processes, one per mode ``THREADS:ALLOCATOR``:
 * ALLOCATOR ``default`` (glibc as users get it) or ``steady`` (``MALLOC_MMAP_THRESHOLD_=32 MiB``,
   ``MALLOC_TRIM_THRESHOLD_=16 GiB``: freed memory is reused, never page-faulted in again).
 
-Targets: vmamba-s >= 1.3x and vmamba-t220 >= 2x ViT-B-16's images/s; vmamba-s time(448)/time(224)
-<= 4.6. Writes ``benchmarks/results/bench_towers.json`` (atomically) and prints a summary.
+Targets: vmamba-s >= 1.3x, vmamba-t220 >= 2x and simba-l >= 0.5x ViT-B-16's images/s; vmamba-s
+time(448)/time(224) <= 4.6.
 
-    python benchmarks/bench_towers.py [--rounds 7] [--batch 8] [--modes 1:default all:default]
+Scan share (JSON ``scan_profile``): in the check mode's child, after its timing rounds (so the threads
+match and the timings are undisturbed), each tower of ``--scan-profile-towers`` (default simba-l,
+simba-s, vmamba-s; only those also timed) runs ``--scan-profile-rounds`` more forwards with the scan
+functions wrapped by a timer (``benchmarks/_profile_scan.py``: ``mamba_clip.ops.selective_scan``, plus
+any function registered there or named ``ss2d_*`` in ``mamba_clip.ops``), giving the share of forward
+time spent in the scan, and one forward under torch.profiler for a short op table
+(``--scan-profile-ops`` rows). ``--no-scan-profile`` skips it.
+
+Writes ``benchmarks/results/bench_towers.json`` (atomically; ``--out`` elsewhere) and prints a summary.
+
+    python benchmarks/bench_towers.py [--rounds 7] [--batch 8] [--towers ...] [--modes 1:default all:default]
                                       [--check-mode 1:default] [--profile vmamba-s]
+                                      [--no-scan-profile | --scan-profile-towers simba-l simba-s vmamba-s]
+                                      [--scan-profile-rounds 3] [--scan-profile-ops 10]
 """
 
 from __future__ import annotations
@@ -35,7 +47,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -43,8 +55,20 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 BASELINE = "ViT-B-16"
 TOWERS = ["vmamba-s", "vmamba-t220", "simba-s", "simba-l"]
-TARGETS = {"vmamba-s": 1.3, "vmamba-t220": 2.0}  # minimum images/s ratio to the baseline
+TARGETS = {"vmamba-s": 1.3, "vmamba-t220": 2.0, "simba-l": 0.5}  # minimum images/s ratio to the baseline
 MAX_448_RATIO = 4.6
+SCAN_PROFILE_TOWERS = ["simba-l", "simba-s", "vmamba-s"]
+SCAN_PROFILE_METHOD = (
+    "After the timing rounds, in the check mode's process (same threads, same warm towers): each tower's "
+    "forward (batch {batch}, 224 px, inference_mode) is run {rounds} more time(s) with a wall-clock timer "
+    "around every call of the scan functions listed in wrapped_functions -- mamba_clip.ops.selective_scan "
+    "(whatever its backend), plus any function registered in benchmarks/_profile_scan.py SCAN_FUNCTIONS or "
+    "named {prefixes}* in mamba_clip.ops (a fused SS2D path that bypasses selective_scan; its time includes "
+    "what it fuses: cross-scan, dt projection, merge); nested calls count once. scan_share = median scan "
+    "seconds / median forward seconds over those runs (benchmarks/_profile_scan.py scan_share). top_ops: "
+    "torch.profiler self-CPU time per op, one forward (_profile_scan.top_ops); the profiler's overhead makes "
+    "its shares approximate."
+)
 
 
 def build_tower(name: str) -> torch.nn.Module:
@@ -58,6 +82,16 @@ def time_once(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def _profile_scan():
+    """``benchmarks/_profile_scan.py`` (on sys.path when this file runs as a script; added otherwise)."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import _profile_scan
+
+    return _profile_scan
 
 
 def profile(tower: torch.nn.Module, x: torch.Tensor, rows: int = 25) -> str:
@@ -102,25 +136,7 @@ def measure(args) -> Dict:
             print(f"[{args.mode}] round {r + 1}/{args.rounds}: "
                   + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()), file=sys.stderr, flush=True)
 
-    med = {k: statistics.median(v) for k, v in times.items()}
-    ips = {k: args.batch / med[k] for k in cases}
-    base = ips[BASELINE]
-    results: Dict[str, Dict] = {}
-    for k in cases:
-        entry = {"seconds_per_batch": med[k], "images_per_s": ips[k], "all_seconds": times[k]}
-        if k in towers and k != BASELINE:
-            entry["speedup_vs_" + BASELINE] = ips[k] / base
-            if k in TARGETS:
-                entry["target_speedup"] = TARGETS[k]
-                entry["pass"] = ips[k] / base >= TARGETS[k]
-        results[k] = entry
-    checks = {k: results[k]["pass"] for k in TARGETS if k in results}
-    if "vmamba-s@448" in med:
-        ratio = med["vmamba-s@448"] / med["vmamba-s"]
-        results["vmamba-s@448"]["time_ratio_448_vs_224"] = ratio
-        results["vmamba-s@448"]["target_max_ratio"] = MAX_448_RATIO
-        results["vmamba-s@448"]["pass"] = ratio <= MAX_448_RATIO
-        checks["vmamba-s@448/224"] = ratio <= MAX_448_RATIO
+    results, checks = analyse(times, args.batch)
     out = {
         "results": results,
         "checks": checks,
@@ -134,17 +150,112 @@ def measure(args) -> Dict:
     }
     if args.profile and args.profile in towers:
         print(profile(towers[args.profile], x224), file=sys.stderr)
+    profiled = [t for t in args.scan_profile_towers if t in towers and t != BASELINE]
+    if profiled and not args.no_scan_profile:
+        out["scan_profile"] = measure_scan_share({t: cases[t] for t in profiled}, args)
+        out["scan_profile"]["not_timed"] = [t for t in args.scan_profile_towers if t not in profiled]
     return out
 
 
-def summary(run: Dict) -> Dict:
+def measure_scan_share(cases: Dict[str, Callable[[], object]], args) -> Dict:
+    """Share of each tower's forward time spent in the scan (``_profile_scan.scan_share``) and a short
+    torch.profiler op table (``_profile_scan.top_ops``); run after the timing rounds."""
+    ps = _profile_scan()
+    towers: Dict[str, Dict] = {}
+    for name, fn in cases.items():
+        entry = ps.scan_share(fn, rounds=args.scan_profile_rounds, warmup=0)  # the timing rounds warmed up
+        if args.scan_profile_ops:
+            entry["top_ops"] = ps.top_ops(fn, rows=args.scan_profile_ops)
+        towers[name] = entry
+        print(f"[{args.mode}] scan profile {name}: scan share {entry['scan_share']:.3f} "
+              f"({entry['scan_seconds_per_call']:.3f} s of {entry['seconds_per_call']:.3f} s)",
+              file=sys.stderr, flush=True)
+    return {"wrapped_functions": sorted(ps.scan_functions()), "towers": towers,
+            "method_params": {"rounds": args.scan_profile_rounds, "prefixes": list(ps.SCAN_FUNCTION_PREFIXES),
+                              "registered": list(ps.SCAN_FUNCTIONS)}}
+
+
+def analyse(times: Dict[str, List[float]], batch: int) -> Tuple[Dict[str, Dict], Dict[str, bool]]:
+    """Per-case figures (median over rounds) and the target checks, from each case's seconds per round.
+    Cases are tower names, the baseline included, and ``"vmamba-s@448"``."""
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ips = {k: batch / med[k] for k in times}
+    base = ips[BASELINE]
+    results: Dict[str, Dict] = {}
+    for k in times:
+        entry = {"seconds_per_batch": med[k], "images_per_s": ips[k], "all_seconds": times[k]}
+        if "@" not in k and k != BASELINE:
+            entry["speedup_vs_" + BASELINE] = ips[k] / base
+            if k in TARGETS:
+                entry["target_speedup"] = TARGETS[k]
+                entry["pass"] = ips[k] / base >= TARGETS[k]
+        results[k] = entry
+    checks = {k: results[k]["pass"] for k in TARGETS if k in results}
+    if "vmamba-s@448" in med and "vmamba-s" in med:
+        ratio = med["vmamba-s@448"] / med["vmamba-s"]
+        results["vmamba-s@448"]["time_ratio_448_vs_224"] = ratio
+        results["vmamba-s@448"]["target_max_ratio"] = MAX_448_RATIO
+        results["vmamba-s@448"]["pass"] = ratio <= MAX_448_RATIO
+        checks["vmamba-s@448/224"] = ratio <= MAX_448_RATIO
+    return results, checks
+
+
+def summary(run: Dict, scan_profile: Optional[Dict] = None) -> Dict:
     res = run["results"]
     out = {k: round(v["images_per_s"], 2) for k, v in res.items()}
     out.update({f"{k} speedup": round(v["speedup_vs_" + BASELINE], 3) for k, v in res.items()
                 if "speedup_vs_" + BASELINE in v})
-    if "vmamba-s@448" in res:
+    if "time_ratio_448_vs_224" in res.get("vmamba-s@448", {}):
         out["vmamba-s 448/224 time"] = round(res["vmamba-s@448"]["time_ratio_448_vs_224"], 3)
+    for k, v in ((scan_profile or {}).get("towers") or {}).items():
+        out[f"{k} scan share"] = round(v["scan_share"], 3)
     return out
+
+
+def make_report(runs: Dict[str, Dict], check_mode: str, batch: int, rounds: int, command: str) -> Dict:
+    """The JSON report from each mode's child result. The check mode's ``scan_profile`` (if any) moves
+    to the top level, with the method spelled out."""
+    runs = {mode: dict(run) for mode, run in runs.items()}
+    child_profile = runs[check_mode].pop("scan_profile", None)
+    for run in runs.values():
+        run.pop("scan_profile", None)
+    primary = runs[check_mode]
+    if child_profile:
+        params = child_profile.get("method_params", {})
+        scan_profile = {
+            "mode": check_mode,
+            "threads": primary["env"]["threads"],
+            "batch": batch,
+            "image_size": 224,
+            "method": SCAN_PROFILE_METHOD.format(batch=batch, rounds=params.get("rounds", "?"),
+                                                 prefixes="|".join(params.get("prefixes", []))),
+            "wrapped_functions": child_profile.get("wrapped_functions", []),
+            "towers": child_profile.get("towers", {}),
+            "not_timed": child_profile.get("not_timed", []),
+        }
+    else:
+        scan_profile = {"mode": check_mode, "skipped": True, "towers": {},
+                        "method": "not measured (--no-scan-profile, or none of --scan-profile-towers was timed)"}
+    return {
+        "benchmark": f"image-tower inference, CPU fp32, batch {batch}, 224 px (and 448 px for vmamba-s); "
+                     "share of time in the selective scan",
+        "command": command,
+        "baseline": BASELINE,
+        "targets": {**{f"{k} speedup >=": v for k, v in TARGETS.items()}, "vmamba-s 448/224 time <=": MAX_448_RATIO},
+        "checks_from": check_mode,
+        "checks": primary["checks"],
+        "all_pass": bool(primary["checks"]) and all(primary["checks"].values()),
+        "missing_towers": primary["missing_towers"],
+        "summary": {mode: summary(run, scan_profile if mode == check_mode else None) for mode, run in runs.items()},
+        "scan_profile": scan_profile,
+        "modes": runs,
+        "env": {
+            "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "rounds": rounds,
+        },
+    }
 
 
 def parse_mode(mode: str) -> Tuple[int, str]:
@@ -168,6 +279,13 @@ def main() -> int:
                         help="THREADS:ALLOCATOR, THREADS a number or 'all', ALLOCATOR default|steady")
     parser.add_argument("--check-mode", default="", help="mode whose figures the checks use (default: first)")
     parser.add_argument("--profile", default="", help="print a torch.profiler table for this tower")
+    parser.add_argument("--no-scan-profile", action="store_true",
+                        help="skip the scan-share profile (JSON scan_profile) after the timing rounds")
+    parser.add_argument("--scan-profile-towers", nargs="*", default=SCAN_PROFILE_TOWERS,
+                        help="towers whose scan share is measured (those also in --towers)")
+    parser.add_argument("--scan-profile-rounds", type=int, default=3, help="forwards per tower for the scan share")
+    parser.add_argument("--scan-profile-ops", type=int, default=10,
+                        help="rows of the torch.profiler op table per tower (0: none)")
     parser.add_argument("--out", default=str(RESULTS / "bench_towers.json"))
     parser.add_argument("--mode", default="1:default", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
@@ -193,36 +311,25 @@ def main() -> int:
                    "--threads", str(threads), "--towers", *args.towers]
             if args.profile:
                 cmd += ["--profile", args.profile]
+            profiled = [] if args.no_scan_profile or mode != check_mode else args.scan_profile_towers
+            cmd += ["--scan-profile-rounds", str(args.scan_profile_rounds), "--scan-profile-ops",
+                    str(args.scan_profile_ops), "--scan-profile-towers", *profiled]
             env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV["steady"]}
             env.update(ALLOCATOR_ENV[alloc])
             subprocess.run(cmd, check=True, env=env)
             runs[mode] = json.loads(child_out.read_text())
-    primary = runs[check_mode]
-    report = {
-        "benchmark": f"image-tower inference, CPU fp32, batch {args.batch}, 224 px (and 448 px for vmamba-s)",
-        "command": "python benchmarks/bench_towers.py " + " ".join(sys.argv[1:]),
-        "baseline": BASELINE,
-        "targets": {**{f"{k} speedup >=": v for k, v in TARGETS.items()}, "vmamba-s 448/224 time <=": MAX_448_RATIO},
-        "checks_from": check_mode,
-        "checks": primary["checks"],
-        "all_pass": bool(primary["checks"]) and all(primary["checks"].values()),
-        "missing_towers": primary["missing_towers"],
-        "summary": {mode: summary(run) for mode, run in runs.items()},
-        "modes": runs,
-        "env": {
-            "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "rounds": args.rounds,
-        },
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    report = make_report(runs, check_mode, args.batch, args.rounds,
+                         "python benchmarks/bench_towers.py " + " ".join(sys.argv[1:]))
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(out.suffix + ".tmp")
     tmp_out.write_text(json.dumps(report, indent=2) + "\n")
     os.replace(tmp_out, out)
     print(json.dumps({k: report[k] for k in ("checks_from", "checks", "all_pass", "summary", "missing_towers")},
                      indent=2))
+    if report["scan_profile"]["towers"]:
+        print(f"scan share ({check_mode}, see scan_profile in {out}): "
+              + ", ".join(f"{k} {v['scan_share']:.3f}" for k, v in report["scan_profile"]["towers"].items()))
     return 0 if report["all_pass"] else 1
 
 

@@ -9,7 +9,9 @@ LayerNorm, global average pool and linear head. Parameter names and shapes equal
 ``visual.`` subtree of the CLIP-Mamba checkpoints), so both load without renaming.
 
 Layout: the block stream is channels-last ``(B, H, W, C)`` (LayerNorm and Linear act on the last dim,
-the depthwise conv runs on a channels-last view); only the scan itself uses ``(B, 4*D, L)``.
+the depthwise conv runs on a channels-last view); only the scan itself uses ``(B, 4*D, L)``. CPU
+float32 inference with d_state 1 and the "cpu" scan backend skips even that: one fused kernel
+(:mod:`mamba_clip.ops.ss2d_fused`) scans the channels-last map in the four orders and merges in place.
 
 Forward types:
     ``"v2"``                 in_proj to ``2 * d_inner``, output gated by ``SiLU(z)`` (VMamba-T220).
@@ -44,6 +46,12 @@ def _selective_scan():
     from mamba_clip.ops import selective_scan
 
     return selective_scan
+
+
+def _ss2d_fused():
+    from mamba_clip.ops import ss2d_fused
+
+    return ss2d_fused
 
 
 def _fp32(t: Tensor) -> Tensor:
@@ -115,7 +123,9 @@ class SS2D(nn.Module):
         )
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
         self._dt_init = (dt_min, dt_max, dt_init_floor, dt_scale)
-        self.inference_chunk_bytes = 0  # set by VMamba; > 0 splits big inference scans by channels
+        # set by VMamba; > 0 splits big inference scans by channels (unfused path only: the fused
+        # N == 1 CPU path builds no 4x-sized tensors)
+        self.inference_chunk_bytes = 0
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -141,6 +151,7 @@ class SS2D(nn.Module):
         b, h, w, _ = x.shape
         k, d, r, n = 4, self.d_inner, self.dt_rank, self.d_state
         length = h * w
+        z = None
         if self.with_z:
             # Two GEMMs on weight halves give contiguous x and z (a split view would be strided).
             u = F.linear(x, self.in_proj.weight[:d])
@@ -153,6 +164,12 @@ class SS2D(nn.Module):
 
         # x_proj per direction = one GEMM on the un-scanned map, then unroll the small result
         x_dbl = F.linear(u, self.x_proj_weight.view(-1, d)).view(b, h, w, k, r + 2 * n)
+        if _ss2d_fused().fused_applicable(u, n):
+            # inference, N == 1, "cpu" backend: one kernel walks the four scan orders over u itself
+            # and merges in place (no 4x-sized tensors, so no channel splitting either)
+            y = _ss2d_fused().ss2d_scan_merge_cpu(
+                u, x_dbl, self.dt_projs_weight, self.dt_projs_bias, -torch.exp(self.A_logs), self.Ds)
+            return self._finish(y, z)
         x_dbl = cross_scan_grouped(x_dbl)  # (B, 4, R + 2N, L)
         dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
         bs, cs = bs.contiguous(), cs.contiguous()
@@ -170,6 +187,10 @@ class SS2D(nn.Module):
             for c0 in range(0, d, step):
                 c1 = min(d, c0 + step)
                 y[..., c0:c1] = self._scan_merge(u[..., c0:c1], dts, bs, cs, c0, c1)
+        return self._finish(y, z)
+
+    def _finish(self, y: Tensor, z: Optional[Tensor]) -> Tensor:
+        """out_norm, the SiLU(z) gate ("v2") and out_proj of the merged scan output (B, H, W, D)."""
         y = self.out_norm(y)
         if self.with_z:
             if torch.is_grad_enabled():
@@ -435,7 +456,8 @@ class VMamba(nn.Module):
     def _chunked(self, module: nn.Module, x: Tensor, per_image_numel: int) -> Tensor:
         """Inference memory discipline (no autograd; same result): a module whose largest map
         (``per_image_numel`` elements per image) would exceed ``inference_chunk_bytes`` runs on equal
-        micro-batches, and SS2D splits its 4x-sized scan tensors by channels the same way. glibc maps
+        micro-batches, and SS2D's unfused path splits its 4x-sized scan tensors by channels the same way
+        (the fused N == 1 CPU path has none). glibc maps
         (and this VM page-faults) every fresh block above 32 MiB; at 224 px and up that costs more than
         the arithmetic, and small temporaries stay in cache."""
         budget = self.inference_chunk_bytes

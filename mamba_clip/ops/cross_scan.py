@@ -53,8 +53,13 @@ def _reversed(t: Tensor, h: int, w: int) -> Tensor:
 
 
 def _flip_into(src: Tensor, dst: Tensor) -> None:
-    """dst <- src flipped in its last two dims (any strides, no overlap)."""
-    torch.ops.aten.flip.out(src, [-2, -1], out=dst)
+    """dst <- src flipped in its last two dims (any strides, no overlap). Eagerly ``flip.out`` (no
+    temporary); under torch.compile a flip + copy, since dynamo graph-breaks on a non-contiguous
+    ``out=`` and the broken-up graphs then recompile with dynamic shapes."""
+    if torch.compiler.is_compiling():
+        dst.copy_(src.flip(-2, -1))
+    else:
+        torch.ops.aten.flip.out(src, [-2, -1], out=dst)
 
 
 def _scan_fwd(x: Tensor) -> Tensor:

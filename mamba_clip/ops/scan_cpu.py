@@ -9,6 +9,8 @@ A failed build raises :class:`KernelBuildError` naming the command and the compi
 
 The kernel is exposed as two ``torch.library`` custom ops (``mamba_clip::scan_cpu_fwd`` and
 ``mamba_clip::scan_cpu_bwd``) with an autograd formula, so ``torch.compile`` treats it as opaque.
+The same library holds the fused VMamba SS2D inference forward for N == 1 (``ss2d_fwd_n1``, op
+``mamba_clip::ss2d_cpu_fwd``, no autograd; see :mod:`mamba_clip.ops.ss2d_fused`).
 Threads: ``torch.get_num_threads()`` (1 in a fork() child of a process that already used the
 kernel's OpenMP pool, which does not survive fork). Compute dtype float32.
 
@@ -47,6 +49,7 @@ __all__ = [
     "forward_extra_bytes",
     "scratch_bytes",
     "selective_scan_cpu",
+    "ss2d_fwd_cpu",
 ]
 
 SRC = Path(__file__).with_name("csrc") / "selective_scan_cpu.c"
@@ -165,6 +168,8 @@ def _open(path: Path) -> ctypes.CDLL:
     lib.ss_fwd_scratch_bytes.restype = i64
     lib.ss_bwd_scratch_bytes.argtypes = [i64] * 5 + [i32]
     lib.ss_bwd_scratch_bytes.restype = i64
+    lib.ss2d_fwd_n1.argtypes = [f] * 6 + [i64] * 5 + [f, i32, i32]
+    lib.ss2d_fwd_n1.restype = i32
     return lib
 
 
@@ -419,3 +424,31 @@ def selective_scan_cpu(
                                    _f32(delta_bias), bool(delta_softplus), save)
     out = out.to(u.dtype)
     return (out, last) if return_last_state else out
+
+
+@torch.library.custom_op("mamba_clip::ss2d_cpu_fwd", mutates_args=())
+def ss2d_fwd_cpu(u: Tensor, xd: Tensor, dtw: Tensor, dtb: Tensor, A: Tensor, Ds: Tensor,
+                 portable: bool = False) -> Tensor:
+    """Fused SS2D scan-and-merge for N == 1 (inference only: no autograd formula).
+
+    float32 contiguous inputs: u (batch, H, W, D) channels-last; xd (batch, H, W, 4, R + 2) the
+    x_proj output on the un-scanned map ([dt_0 .. dt_{R-1}, B, C] per direction); dtw (4, D, R);
+    dtb, A, Ds (4, D), A = -exp(A_logs). Returns y (batch, H, W, D) = cross_merge of the four
+    directions' scans (see ``ss2d_fwd_n1`` in the C source). ``portable`` forces the non-AVX2 path.
+    """
+    lib = load_kernel()
+    batch, h, w, d = u.shape
+    r = dtw.shape[2]
+    y = _big_empty_like(u)
+    if y.numel() == 0:
+        return y
+    rc = lib.ss2d_fwd_n1(_ptr(u), _ptr(xd), _ptr(dtw), _ptr(dtb), _ptr(A), _ptr(Ds), batch, h, w, d, r,
+                         _ptr(y), _threads(), int(portable))
+    if rc != 0:
+        raise MemoryError("ss2d (cpu): the kernel could not allocate its scratch memory")
+    return y
+
+
+@ss2d_fwd_cpu.register_fake
+def _(u, xd, dtw, dtb, A, Ds, portable=False):
+    return torch.empty_like(u)

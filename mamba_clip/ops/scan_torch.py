@@ -1,22 +1,27 @@
 """Pure-PyTorch selective scan (vectorised, twice differentiable).
 
-Same maths as :func:`selective_scan_ref` (mamba-ssm ``selective_scan_fn`` semantics), in one of two
-schedules; both use only differentiable, out-of-place torch ops, so autograd can differentiate the
-graph twice (Hessian-vector products, ``gradgradcheck``). Gradients also flow into the last state.
+Same maths as :func:`selective_scan_ref` (mamba-ssm ``selective_scan_fn`` semantics; Gu & Dao 2023,
+Alg. 2), in one of two schedules. Each is an autograd Function whose first-order backward is written
+by hand (the adjoint recurrence ``g_l = dy_l C_l + exp(dt_{l+1} A) g_{l+1}`` plus element-wise
+products), so autograd records a handful of nodes per call instead of several per time step. Under
+``create_graph`` (Hessian-vector products, ``gradgradcheck``) the backward instead differentiates a
+graph of plain differentiable torch ops (:func:`_chunked` / :func:`_stepwise`), so higher
+derivatives are exact. Gradients also flow into the last state.
 
-``"chunked"`` (small per-step work, e.g. N = 1): a two-level scan whose Python loop runs about
-``2 * sqrt(L)`` times instead of ``L``:
+``"chunked"`` (small per-step work; N == 1, VMamba): a two-level scan whose Python loop runs about
+``2 * sqrt(L)`` times instead of ``L`` (:class:`_ScanN1`; for N > 1 at this small size the graph of
+:func:`_chunked` is differentiated directly):
 
 1. split the (padded) sequence into ``nc`` chunks of ``T`` steps; run ``h_t = a_t h_{t-1} + x_t``
-   from a zero state inside every chunk at once (``T`` steps, vectorised over chunks), and the
-   within-chunk decay products ``P_t = a_1 ... a_t`` as ``exp(cumsum(delta * A))`` (exponent <= 0 for
-   the usual negative A: no overflow, no division);
+   from a zero state inside every chunk at once (``T`` steps, vectorised over chunks) together with
+   the within-chunk decay products ``P_t = a_1 ... a_t`` (each factor <= 1 for A <= 0);
 2. propagate the chunk carries sequentially over the ``nc`` chunks;
 3. add the carry contribution ``P_t * carry_{c-1}`` and contract with C.
 
-``"stepwise"`` (large per-step work, batch * D * N >= ``STEPWISE_MIN``): one fused step per time
-index on (batch, D, N) tensors that stay in cache, discretising on the fly, so no (batch, D, L, N)
-intermediate is built in the forward (autograd still saves the per-step states for the backward).
+``"stepwise"`` (large per-step work, batch * D * N >= ``STEPWISE_MIN``; SiMBA's N = 64): time runs
+in cache-sized blocks, one in-place step per time index on (batch, D, N) slabs; only the block-start
+states are saved and the backward recomputes one block at a time (:class:`_ScanSteps`), so no
+(batch, D, L, N) tensor is ever held.
 """
 
 from __future__ import annotations
@@ -101,44 +106,143 @@ def _stepwise(u, delta, A, B, C):
     return torch.stack(ys, -1), h.view(batch, dim, N)
 
 
+BLOCK_BYTES = 1 << 21  # time-block buffers of the stepwise path: about this many bytes each
+
+
+def _tm(x: Tensor) -> Tensor:
+    """(batch, ..., L) -> contiguous time-major (L, batch, ...)."""
+    return x.movedim(-1, 0).contiguous()
+
+
+class _ScanSteps(torch.autograd.Function):
+    """Core scan (y before D/z, and the last state) for large per-step work, with a hand-written
+    first-order backward.
+
+    Time runs in blocks of ``Tb`` steps whose (Tb, batch, D, N) buffers stay cache-sized: per block
+    the discretisation ``a = exp(dt A)`` (as ``exp2(dt A log2 e)``, the cheaper op), ``x = dt u B`` and
+    the contraction with C are a few vectorised ops and the recurrence is one in-place ``addcmul``
+    per step, so autograd records nothing per step. Only the states at block starts are saved; the
+    backward recomputes one block's states from its start state, runs the adjoint
+    ``g_t = dy_t C_t + a_{t+1} g_{t+1}`` backwards in place, and gets every gradient from block-sized
+    products: with ``w = g a_t h_{t-1}`` (= dL/d(dt A)), ``dA = sum w dt``,
+    ``ddelta = sum_n w A + u sum_n g B``, ``du = dt sum_n g B``, ``dB = sum_d g dt u``,
+    ``dC = sum_d dy h``. Under ``create_graph`` the backward differentiates the autograd graph of
+    :func:`_stepwise` instead, so higher derivatives are exact.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C):
+        batch, dim, L = u.shape
+        N, GC = A.shape[1], C.shape[1]
+        Tb = max(1, min(L, BLOCK_BYTES // (batch * dim * N * u.element_size())))
+        A2 = A * _LOG2E
+        dt, du = _tm(delta), _tm(delta * u)  # (L, b, D)
+        Bt, Ct = _tm(B), _tm(C)  # (L, b, G, N)
+        nb = math.ceil(L / Tb)
+        starts = u.new_zeros((nb, batch, dim, N))  # state before each block
+        a_buf = u.new_empty((Tb, batch, dim, N))
+        h_buf = u.new_empty((Tb, batch, dim, N))
+        y = u.new_empty((L, batch, dim))
+        for k in range(nb):
+            t0, t1 = k * Tb, min(L, (k + 1) * Tb)
+            n = t1 - t0
+            a, h = a_buf[:n], h_buf[:n]
+            _block_a_x(dt[t0:t1], du[t0:t1], A2, Bt[t0:t1], a, h)
+            _scan_steps(a, h, starts[k])
+            if k + 1 < nb:
+                starts[k + 1].copy_(h[n - 1])
+            y[t0:t1] = torch.einsum("tbghn,tbgn->tbgh", h.view(n, batch, GC, dim // GC, N),
+                                    Ct[t0:t1]).reshape(n, batch, dim)
+        last = h_buf[(L - 1) % Tb].clone()
+        ctx.save_for_backward(u, delta, A, B, C, starts)
+        ctx.Tb = Tb
+        return y.permute(1, 2, 0), last
+
+    @staticmethod
+    def backward(ctx, gy, glast):
+        u, delta, A, B, C, starts = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: differentiate the differentiable schedule
+            return _graph_backward((u, delta, A, B, C), _stepwise, gy, glast)
+        batch, dim, L = u.shape
+        N, GB, GC = A.shape[1], B.shape[1], C.shape[1]
+        HB, HC, Tb = dim // GB, dim // GC, ctx.Tb
+        A2 = A * _LOG2E
+        dt, ut = _tm(delta), _tm(u)
+        du = dt * ut  # dt u, (L, b, D)
+        Bt, Ct = _tm(B), _tm(C)
+        gyt = _tm(gy) if gy is not None else None
+        a_buf, h_buf, g_buf = (u.new_empty((Tb, batch, dim, N)) for _ in range(3))
+        g_next = glast.clone() if glast is not None else u.new_zeros((batch, dim, N))  # a_{t1} g_{t1}
+        d_du = u.new_empty((L, batch, dim))  # sum_n g B
+        ddelta = u.new_empty((L, batch, dim))
+        dBt, dCt = torch.empty_like(Bt), torch.zeros_like(Ct)
+        dA = torch.zeros_like(A)
+        for k in range(math.ceil(L / Tb) - 1, -1, -1):
+            t0, t1 = k * Tb, min(L, (k + 1) * Tb)
+            n = t1 - t0
+            a, h, g = a_buf[:n], h_buf[:n], g_buf[:n]
+            _block_a_x(dt[t0:t1], du[t0:t1], A2, Bt[t0:t1], a, h)
+            _scan_steps(a, h, starts[k])
+            if gyt is not None:  # g = dy C, then the adjoint recurrence in place
+                torch.mul(gyt[t0:t1].view(n, batch, GC, HC, 1), Ct[t0:t1, :, :, None],
+                          out=g.view(n, batch, GC, HC, N))
+                g[n - 1].add_(g_next)
+                torch.matmul(gyt[t0:t1].view(n, batch, GC, 1, HC), h.view(n, batch, GC, HC, N),
+                             out=dCt[t0:t1].view(n, batch, GC, 1, N))  # dC = sum_d dy h
+            else:
+                g.zero_()
+                g[n - 1].copy_(g_next)
+            a_l, g_l = a.unbind(0), g.unbind(0)
+            for t in range(n - 2, -1, -1):
+                g_l[t].addcmul_(a_l[t + 1], g_l[t + 1])
+            torch.mul(a_l[0], g_l[0], out=g_next)
+            torch.matmul(du[t0:t1].view(n, batch, GB, 1, HB), g.view(n, batch, GB, HB, N),
+                         out=dBt[t0:t1].view(n, batch, GB, 1, N))  # dB = sum_d g dt u
+            d_du[t0:t1] = torch.einsum("tbghn,tbgn->tbgh", g.view(n, batch, GB, HB, N),
+                                       Bt[t0:t1]).reshape(n, batch, dim)  # sum_n g B
+            # w = g a_t h_{t-1}, in place over a (h shifted by one step, the block's start first)
+            a[1:].mul_(h[:-1])
+            a[0].mul_(starts[k])
+            w = a.mul_(g)
+            dA += torch.mul(w, dt[t0:t1, :, :, None], out=h).sum((0, 1))
+            torch.sum(w.mul_(A), -1, out=ddelta[t0:t1])
+        ddelta.addcmul_(d_du, ut)  # + u sum_n g B
+        d_du.mul_(dt)  # du = dt sum_n g B
+        return (d_du.permute(1, 2, 0), ddelta.permute(1, 2, 0), dA,
+                dBt.permute(1, 2, 3, 0), dCt.permute(1, 2, 3, 0))
+
+
+_LOG2E = 1.4426950408889634
+
+
+def _block_a_x(dt: Tensor, du: Tensor, A2: Tensor, Bt: Tensor, a: Tensor, x: Tensor) -> None:
+    """One time block: ``a = exp2(dt A2)`` and ``x = dt u B`` into (n, b, D, N) buffers.
+    dt, du: (n, b, D); A2 = A log2(e): (D, N); Bt: (n, b, G, N)."""
+    n, batch, dim = dt.shape
+    G, N = Bt.shape[2], Bt.shape[3]
+    torch.mul(dt[..., None], A2, out=a).exp2_()
+    torch.mul(du.view(n, batch, G, dim // G, 1), Bt[:, :, :, None], out=x.view(n, batch, G, dim // G, N))
+
+
+def _scan_steps(a: Tensor, h: Tensor, start: Tensor) -> None:
+    """``h_t = a_t h_{t-1} + x_t`` in place over h (holding x) along dim 0, from ``h_{-1} = start``."""
+    prev = start
+    for a_t, h_t in zip(a.unbind(0), h.unbind(0)):
+        h_t.addcmul_(a_t, prev)
+        prev = h_t
+
+
+def _graph_backward(inputs, graph_fn, gy, glast, *extra):
+    """Gradients of ``graph_fn(*inputs, *extra) -> (y, last)`` for (gy, glast), with a graph
+    (double backward through a hand-written first-order backward)."""
+    with torch.enable_grad():
+        y, last = graph_fn(*inputs, *extra)
+        outs, grads = zip(*[(o, g) for o, g in ((y, gy), (last, glast)) if g is not None])
+        res = torch.autograd.grad(outs, inputs, grads, create_graph=True, allow_unused=True)
+    return tuple(torch.zeros_like(x) if r is None else r for r, x in zip(res, inputs))
+
+
 ROWS_PER_BLOCK = 256  # (batch * D) rows per block of the N == 1 path: temporaries stay cache-sized
-
-
-def _scan1(a: Tensor, x: Tensor, T: int, reverse: bool = False, out: Optional[Tensor] = None) -> Tensor:
-    """All states of ``h_l = a_l h_{l-1} + x_l`` (``reverse``: ``h_l = a_l h_{l+1} + x_l``), zero
-    outside, along the last dim of (R, L) tensors, by the two-level chunked schedule (in-chunk steps
-    vectorised over chunks, then the chunk carries), into ``out`` if given. Only for use under no_grad
-    (in-place ops)."""
-    R, L = x.shape
-    nc = math.ceil(L / T)
-    if nc * T != L:  # padded steps: a = 1, x = 0 (state unchanged / zero)
-        a = F.pad(a, (0, nc * T - L), value=1.0)
-        x = F.pad(x, (0, nc * T - L))
-    # (T, R, nc): every step below works on one contiguous slice.
-    a = a.reshape(R, nc, T).permute(2, 0, 1).contiguous()
-    h = x.reshape(R, nc, T).permute(2, 0, 1).contiguous()
-    steps = range(T - 2, -1, -1) if reverse else range(1, T)
-    for s in steps:  # within chunks, all chunks at once
-        h[s].addcmul_(a[s], h[s + 1] if reverse else h[s - 1])
-    if nc > 1:
-        # decay products from the chunk boundary (each factor <= 1 for A <= 0)
-        P = a.flip(0).cumprod(0).flip(0) if reverse else a.cumprod(0)
-        carry = (h[0] if reverse else h[T - 1]).clone()  # (R, nc)
-        edge = P[0] if reverse else P[T - 1]
-        for c in (range(nc - 2, -1, -1) if reverse else range(1, nc)):  # chunk carries
-            carry[:, c].addcmul_(edge[:, c], carry[:, c + 1] if reverse else carry[:, c - 1])
-        if reverse:
-            h[:, :, :-1].addcmul_(P[:, :, :-1], carry[:, 1:])
-        else:
-            h[:, :, 1:].addcmul_(P[:, :, 1:], carry[:, :-1])
-    h = h.permute(1, 2, 0)
-    if out is None:
-        return h.reshape(R, nc * T)[:, :L]
-    if nc * T == L:
-        out.view(R, nc, T).copy_(h)
-    else:
-        out.copy_(h.reshape(R, nc * T)[:, :L])
-    return out
 
 
 def _blocks(batch: int, dim: int, G: int):
@@ -148,70 +252,228 @@ def _blocks(batch: int, dim: int, G: int):
     for b in range(batch):
         for g in range(G):
             for d0 in range(g * H, (g + 1) * H, step):
-                yield b, g, d0, min(d0 + step, (g + 1) * H)
+                yield b, d0, min(d0 + step, (g + 1) * H)
 
 
 class _ScanN1(torch.autograd.Function):
-    """Core scan for N == 1 (y before D/z, and the last state) with a hand-written first-order
-    backward: the adjoint ``g_l = dy_l C_l + a_{l+1} g_{l+1}`` is one reverse :func:`_scan1`, every
-    other gradient is element-wise, so autograd records nothing per step. Both directions run over
-    blocks of channels (one group each), which keeps the temporaries small. Under ``create_graph``
-    (double backward) the backward instead rebuilds the differentiable :func:`_chunked` graph from
-    the saved inputs and differentiates it, so higher derivatives are exact.
+    """Scan for N == 1 (``y = C . h + D u`` and the last state, with the bias and softplus of delta
+    inside) by the two-level chunked schedule, with a hand-written first-order backward.
+
+    The (padded) sequence is cut into ``nc`` chunks of ``T`` steps and each block of channel rows is
+    copied once into the layout ``(R, T, nc)`` (row, step inside the chunk, chunk), where one in-place
+    op on a ``(R, nc)`` slab advances all chunks of all rows by one step and all other work is
+    contiguous, cache-sized and element-wise (bias, softplus and the D skip included, so no full-size
+    pass runs outside). Per block: ``a = exp(dt A)``; the local states and the decay products ``P``
+    run together as one stacked recurrence (``T`` ops); the chunk carries run over ``nc`` columns;
+    ``h = h_local + P carry``. The backward does the same for the adjoint
+    ``g_l = dy_l C_l + a_{l+1} g_{l+1}`` (reverse); every gradient is then element-wise: with
+    ``w = g a_l h_{l-1}``, ``dA = sum w dt``, ``d dt = w A + g u B``, ``du = g dt B + dy D``,
+    ``dB = sum_rows g dt u``, ``dC = sum_rows dy h``, ``dD = sum dy u``, and through the softplus
+    ``ddelta = d dt sigmoid(delta + bias)``. dt, u, h and that sigmoid (in the chunk layout) are saved.
+    Under ``create_graph`` the backward differentiates the graph of :func:`_chunked` instead, so
+    higher derivatives are exact.
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, T):
-        batch, dim, L = u.shape
-        G = math.lcm(B.shape[1], C.shape[1])  # blocks inside one group of B and of C
-        y = torch.empty_like(u)
-        h_all = torch.empty_like(u)
-        for b, _, d0, d1 in _blocks(batch, dim, G):
-            dt = delta[b, d0:d1]
-            a = torch.mul(dt, A[d0:d1]).exp_()
-            x = torch.mul(dt, u[b, d0:d1]).mul_(B[b, d0 * B.shape[1] // dim, 0])
-            h = _scan1(a, x, T, out=h_all[b, d0:d1])
-            torch.mul(h, C[b, d0 * C.shape[1] // dim, 0], out=y[b, d0:d1])
-        ctx.save_for_backward(u, delta, A, B, C, h_all)
-        ctx.T = T
-        return y, h_all[..., -1:].clone()
-
-    @staticmethod
-    def backward(ctx, gy, glast):
-        u, delta, A, B, C, h_all = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: differentiate the differentiable schedule
-            with torch.enable_grad():
-                y, last = _chunked(u, delta, A, B, C, ctx.T)
-                outs, grads = zip(*[(o, g) for o, g in ((y, gy), (last, glast)) if g is not None])
-                res = torch.autograd.grad(outs, (u, delta, A, B, C), grads, create_graph=True,
-                                          allow_unused=True)
-            res = [torch.zeros_like(x) if r is None else r for r, x in zip(res, (u, delta, A, B, C))]
-            return (*res, None)
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, softplus, T):
         batch, dim, L = u.shape
         GB, GC = B.shape[1], C.shape[1]
         G = math.lcm(GB, GC)
-        du, ddelta = torch.empty_like(u), torch.empty_like(u)
-        dA, dB, dC = torch.zeros_like(A), torch.zeros_like(B), torch.zeros_like(C)
-        for b, _, d0, d1 in _blocks(batch, dim, G):
+        nc = math.ceil(L / T)
+        pad = nc * T - L
+        up, dlp, Bp, Cp = _pad_to((u, delta, B, C), nc * T)
+        A2 = A.view(dim) * _LOG2E
+        dt_all, u_all, h_all = (torch.empty_like(up) for _ in range(3))  # saved, chunk layout
+        sig_all = torch.empty_like(up) if softplus else None  # softplus' derivative, saved
+        y = torch.empty_like(up)
+        last = u.new_empty((batch, dim, 1))
+        rmax = min(dim // G, ROWS_PER_BLOCK)
+        # The recurrence runs on step-major (T, ..., R, nc) buffers: contiguous slabs per step.
+        a_buf, hp_buf = u.new_empty((T, rmax * nc)), u.new_empty((T, 2, rmax * nc))
+        ends_buf, ci_buf = u.new_empty((2, rmax * nc)), u.new_zeros((rmax, nc))
+        yq_buf = u.new_empty((rmax, T, nc))
+        views = {}  # per-step views of the reused buffers, built once per row count (select ops add up)
+        for b, d0, d1 in _blocks(batch, dim, G):
+            R = d1 - d0
+            if R not in views:
+                a = a_buf[:, :R * nc].view(T, R, nc)
+                hp = hp_buf[:, :, :R * nc].view(T, 2, R, nc)
+                ends = ends_buf[:, :R * nc].view(2, R, nc)
+                views[R] = (a, hp, ends, ci_buf[:R], a.unsqueeze(1).unbind(0), hp.unbind(0),
+                            ends[0].unbind(1), ends[1].unbind(1))
+            a, hp, ends, carry_in, a_l, hp_l, es_l, ed_l = views[R]
+            dt = _to_q(dlp[b, d0:d1], dt_all[b, d0:d1].view(R, T, nc))
+            if delta_bias is not None:
+                dt.add_(delta_bias[d0:d1, None, None])
+            if softplus:
+                torch.sigmoid(dt, out=sig_all[b, d0:d1].view(R, T, nc))  # d softplus(x) / dx
+                torch._C._nn.softplus(dt, 1, 20, out=dt)  # torch's softplus (threshold 20), in place
+            if pad:
+                dt[:, T - pad:, nc - 1] = 0.0  # padded steps: a = 1, x = 0, state unchanged
+            ub = _to_q(up[b, d0:d1], u_all[b, d0:d1].view(R, T, nc))
+            torch.mul(dt, A2[d0:d1, None, None], out=a.transpose(0, 1))
+            a.exp2_()
+            x = hp[:, 0]  # (T, R, nc)
+            torch.mul(dt, ub, out=x.transpose(0, 1))
+            x.mul_(_rowq(Bp[b, d0 * GB // dim, 0], nc, T).unsqueeze(1))
+            hp[0, 1] = a[0]
+            hp[1:, 1] = 0.0
+            for s in range(1, T):
+                hp_l[s].addcmul_(a_l[s], hp_l[s - 1])  # [h, P]_s = a_s [h, P]_{s-1} + [x_s, 0]
+            ends.copy_(hp[T - 1])  # (2, R, nc): chunk-end states and decays
+            for c in range(1, nc):
+                es_l[c].addcmul_(ed_l[c], es_l[c - 1])  # true state at the end of chunk c
+            carry_in[:, 1:] = ends[0, :, :-1]  # (R, nc); column 0 stays 0
+            h = h_all[b, d0:d1].view(R, T, nc)
+            torch.addcmul(x, hp[:, 1], carry_in, out=h.transpose(0, 1))
+            yq = torch.mul(h, _rowq(Cp[b, d0 * GC // dim, 0], nc, T), out=yq_buf[:R])
+            if D is not None:
+                yq.addcmul_(ub, D[d0:d1, None, None])
+            _from_q(yq, y[b, d0:d1])
+            last[b, d0:d1, 0] = ends[0, :, nc - 1]
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, dt_all, u_all, h_all, sig_all)
+        ctx.T, ctx.softplus = T, softplus
+        return y[..., :L], last
+
+    @staticmethod
+    def backward(ctx, gy, glast):
+        u, delta, A, B, C, D, delta_bias, dt_all, u_all, h_all, sig_all = ctx.saved_tensors
+        T, softplus = ctx.T, ctx.softplus
+        if torch.is_grad_enabled():  # create_graph: differentiate the differentiable schedule
+            return _n1_graph_backward(u, delta, A, B, C, D, delta_bias, softplus, T, gy, glast)
+        batch, dim, L = u.shape
+        GB, GC = B.shape[1], C.shape[1]
+        G = math.lcm(GB, GC)
+        nc = math.ceil(L / T)
+        Lp = nc * T
+        pad = Lp - L
+        Bp, Cp = _pad_to((B, C), Lp)
+        gyp = _pad_to((gy,), Lp)[0] if gy is not None else None
+        A1 = A.view(dim)
+        A2 = A1 * _LOG2E
+        du, ddelta = u.new_empty((batch, dim, Lp)), u.new_empty((batch, dim, Lp))
+        dA, dB, dC = torch.zeros_like(A), torch.zeros_like(Bp), torch.zeros_like(Cp)
+        dD = torch.zeros_like(D) if D is not None else None
+        dbias = torch.zeros_like(delta_bias) if delta_bias is not None else None
+        rmax = min(dim // G, ROWS_PER_BLOCK)
+        a_buf, g_buf, w_buf, t_buf, y_buf = (u.new_empty((rmax, T, nc)) for _ in range(5))
+        # step-major buffers for the adjoint recurrence (contiguous slabs per step)
+        aP_buf, gp_buf = u.new_empty((T, rmax * nc)), u.new_empty((T, 2, rmax * nc))
+        st_buf, carry_buf = u.new_empty((2, rmax * nc)), u.new_zeros((rmax, nc))
+        views = {}  # per-step views of the reused buffers, built once per row count (select ops add up)
+        for b, d0, d1 in _blocks(batch, dim, G):
+            R = d1 - d0
+            if R not in views:
+                aP = aP_buf[:, :R * nc].view(T, R, nc)
+                gp = gp_buf[:, :, :R * nc].view(T, 2, R, nc)
+                st = st_buf[:, :R * nc].view(2, R, nc)
+                carry = carry_buf[:R]
+                views[R] = (aP, gp, st, carry, aP.unsqueeze(1).unbind(0), gp.unbind(0), st[0].unbind(1),
+                            st[1].unbind(1), aP[0].unbind(1), carry.unbind(1))
+            aP, gp, st, carry, a_l, gp_l, gs_l, gq_l, a0_l, carry_l = views[R]
             gb, gc = d0 * GB // dim, d0 * GC // dim
-            Bl, Cl = B[b, gb, 0], C[b, gc, 0]
-            dt, ub, h = delta[b, d0:d1], u[b, d0:d1], h_all[b, d0:d1]
-            q = gy[b, d0:d1] * Cl if gy is not None else torch.zeros_like(h)
-            if glast is not None:
-                q[:, -1] += glast[b, d0:d1, 0]
-            a = torch.mul(dt, A[d0:d1]).exp_()
-            a_next = F.pad(a[:, 1:], (0, 1))
-            g = _scan1(a_next, q, T=ctx.T, reverse=True)  # g_l = q_l + a_{l+1} g_{l+1}
-            w = F.pad(h[:, :-1], (1, 0)).mul_(a).mul_(g)  # g h_{l-1} a_l = dL/d(delta A)
-            dA[d0:d1, 0] += (w * dt).sum(1)
-            gB = g * Bl
-            torch.mul(gB, dt, out=du[b, d0:d1])  # du = g dt B
-            dd = torch.mul(w, A[d0:d1], out=ddelta[b, d0:d1])
-            dd.addcmul_(gB, ub)  # ddelta = g h_{l-1} a_l A + g u B
-            dB[b, gb, 0] += g.mul_(dt).mul_(ub).sum(0)  # dB = sum over the group of g dt u
-            if gy is not None:
-                dC[b, gc, 0] += (gy[b, d0:d1] * h).sum(0)
-        return du, ddelta, dA, dB, dC, None
+            dt, ub, h = (t[b, d0:d1].view(R, T, nc) for t in (dt_all, u_all, h_all))
+            a = torch.mul(dt, A2[d0:d1, None, None], out=a_buf[:R]).exp2_()
+            aP.copy_(a.transpose(0, 1))
+            tmp = t_buf[:R]
+            gP = gp[:, 0]  # (T, R, nc)
+            gyq = None
+            if gyp is not None:
+                gyq = _to_q(gyp[b, d0:d1], y_buf[:R])
+                torch.mul(gyq, _rowq(Cp[b, gc, 0], nc, T), out=gP.transpose(0, 1))
+                _row_view(dC[b, gc, 0], nc, T).add_(torch.mul(gyq, h, out=tmp).sum(0))  # sum_rows dy h
+                if D is not None:
+                    dD[d0:d1] += torch.mul(gyq, ub, out=tmp).sum((1, 2))
+            else:
+                gP.zero_()
+            if glast is not None:  # the last state is h at the last (padded) step
+                gP[T - 1, :, nc - 1] += glast[b, d0:d1, 0]
+            gp[T - 1, 1] = 1.0
+            gp[:-1, 1] = 0.0
+            for s in range(T - 2, -1, -1):
+                gp_l[s].addcmul_(a_l[s + 1], gp_l[s + 1])  # [g, Q]_s = a_{s+1} [g, Q]_{s+1} + [q_s, 0]
+            st.copy_(gp[0])  # (2, R, nc): local chunk-start adjoints and decays
+            # carry[c]: a at the next chunk's start times that chunk's true start adjoint (0 for the last)
+            for c in range(nc - 2, -1, -1):
+                torch.mul(a0_l[c + 1], gs_l[c + 1], out=carry_l[c])
+                gs_l[c].addcmul_(gq_l[c], carry_l[c])
+            gP.addcmul_(gp[:, 1], carry)  # true adjoint
+            g = g_buf[:R].copy_(gP.transpose(0, 1))
+            w = w_buf[:R]  # w = g a_l h_{l-1}
+            torch.mul(a[:, 1:], h[:, :-1], out=w[:, 1:])
+            torch.mul(a[:, 0, 1:], h[:, T - 1, :-1], out=w[:, 0, 1:])
+            w[:, 0, 0] = 0.0
+            w.mul_(g)
+            dA[d0:d1, 0] += torch.mul(w, dt, out=tmp).sum((1, 2))
+            gB = torch.mul(g, _rowq(Bp[b, gb, 0], nc, T), out=tmp)
+            ddt = w.mul_(A1[d0:d1, None, None]).addcmul_(gB, ub)  # d dt = w A + g B u
+            duq = gB.mul_(dt)  # g B dt
+            if gyq is not None and D is not None:
+                duq.addcmul_(gyq, D[d0:d1, None, None])
+            _from_q(duq, du[b, d0:d1])
+            _row_view(dB[b, gb, 0], nc, T).add_(g.mul_(dt).mul_(ub).sum(0))  # sum_rows g dt u
+            if softplus:  # through the softplus: times sigmoid(delta + bias)
+                ddt.mul_(sig_all[b, d0:d1].view(R, T, nc))
+            if pad:
+                ddt[:, T - pad:, nc - 1] = 0.0
+            if dbias is not None:
+                dbias[d0:d1] += ddt.sum((1, 2))
+            _from_q(ddt, ddelta[b, d0:d1])
+        return du[..., :L], ddelta[..., :L], dA, dB[..., :L], dC[..., :L], dD, dbias, None, None
+
+
+def _n1_graph(u, delta, A, B, C, D, delta_bias, softplus, T):
+    """Differentiable (autograd) graph of what :class:`_ScanN1` computes."""
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]
+    if softplus:
+        delta = F.softplus(delta)
+    y, last = _chunked(u, delta, A, B, C, T)
+    return (y if D is None else y + u * D[:, None]), last
+
+
+def _n1_graph_backward(u, delta, A, B, C, D, delta_bias, softplus, T, gy, glast):
+    """Double-backward path of :class:`_ScanN1`: gradients with a graph, ``None`` for absent D/bias."""
+    names = [u, delta, A, B, C, D, delta_bias]
+    present = [t for t in names if t is not None]
+
+    def fn(*ts):
+        it = iter(ts)
+        full = [next(it) if t is not None else None for t in names]
+        return _n1_graph(*full, softplus, T)
+
+    grads = iter(_graph_backward(tuple(present), fn, gy, glast))
+    return (*[next(grads) if t is not None else None for t in names], None, None)
+
+
+def _pad_to(ts, Lp: int):
+    """Zero-pad the last dim of each tensor to ``Lp`` (no copy when it already has that length)."""
+    return tuple(t if t.shape[-1] == Lp else F.pad(t, (0, Lp - t.shape[-1])) for t in ts)
+
+
+def _to_q(rows: Tensor, out: Tensor) -> Tensor:
+    """(R, nc * T) contiguous rows -> ``out`` (R, T, nc) contiguous (row, step in chunk, chunk). Written
+    as a copy into a channels-last view, torch's fastest transposing copy."""
+    R, T, nc = out.shape
+    out.unsqueeze(2).permute(0, 3, 1, 2).copy_(rows.view(R, nc, T, 1))
+    return out
+
+
+def _from_q(q: Tensor, rows: Tensor) -> None:
+    """Inverse of :func:`_to_q`: (R, T, nc) -> (R, nc * T) contiguous ``rows``."""
+    R, T, nc = q.shape
+    rows.view(R, nc, T, 1).copy_(q.unsqueeze(2).permute(0, 3, 1, 2))
+
+
+def _row_view(row: Tensor, nc: int, T: int) -> Tensor:
+    """A (nc * T,) sequence shared by all rows -> its (T, nc) view (broadcasts over rows)."""
+    return row.view(nc, T).t()
+
+
+def _rowq(row: Tensor, nc: int, T: int) -> Tensor:
+    """:func:`_row_view` as a small contiguous copy (a transposed broadcast operand halves the speed
+    of the element-wise op it feeds)."""
+    return _row_view(row, nc, T).contiguous()
 
 
 def selective_scan_torch(
@@ -242,30 +504,30 @@ def selective_scan_torch(
     N = A.shape[1]
     u_c = u.to(ct)
     delta = delta.to(ct)
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(ct)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    B = B.to(ct)
-    C = C.to(ct)
-    if B.dim() == 3:
-        B = B.unsqueeze(1)
-    if C.dim() == 3:
-        C = C.unsqueeze(1)
     A = A.to(ct)
+    B, C = B.to(ct), C.to(ct)
+    B = B.unsqueeze(1) if B.dim() == 3 else B
+    C = C.unsqueeze(1) if C.dim() == 3 else C
+    D = None if D is None else D.to(ct)
+    delta_bias = None if delta_bias is None else delta_bias.to(ct)
     if L == 0:
         out = u.new_zeros((batch, dim, 0))
         return (out, u_c.new_zeros((batch, dim, N))) if return_last_state else out
     if schedule == "auto":
         schedule = "stepwise" if batch * dim * N >= STEPWISE_MIN else "chunked"
-    if schedule == "stepwise":
-        y, last = _stepwise(u_c, delta, A, B, C)
-    elif N == 1:
+    if schedule == "chunked" and N == 1:  # bias, softplus and the D skip run inside
         T = max(1, min(int(chunk_size) if chunk_size else math.ceil(math.sqrt(L)), L))
-        y, last = _ScanN1.apply(u_c, delta, A, B, C, T)
+        out, last = _ScanN1.apply(u_c, delta, A, B, C, D, delta_bias, bool(delta_softplus), T)
     else:
-        y, last = _chunked(u_c, delta, A, B, C, chunk_size)
-    out = y if D is None else y + u_c * D.to(ct)[:, None]
+        if delta_bias is not None:
+            delta = delta + delta_bias[:, None]
+        if delta_softplus:
+            delta = F.softplus(delta)
+        if schedule == "stepwise":
+            y, last = _ScanSteps.apply(u_c, delta, A, B, C)
+        else:
+            y, last = _chunked(u_c, delta, A, B, C, chunk_size)
+        out = y if D is None else y + u_c * D[:, None]
     if z is not None:
         out = out * F.silu(z.to(ct))
     out = out.to(dtype_in)

@@ -160,7 +160,8 @@ def test_micro_batched_inference_equals_full_batch(monkeypatch):
         return orig(self, u, *args)
 
     monkeypatch.setattr(SS2D, "_scan_merge", spy)
-    with torch.no_grad():
+    # the unfused path (the fused N == 1 CPU path builds no 4x tensors and never splits channels)
+    with torch.no_grad(), scan_backend("torch"):
         model.inference_chunk_bytes = 0
         full = model(x)
         assert calls[0] == (5, 24, 24, 64)  # whole batch, all channels

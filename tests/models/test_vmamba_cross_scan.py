@@ -91,3 +91,20 @@ def test_bad_input_raises():
         cross_merge(torch.randn(1, 4, 2, 11), 3, 4)
     with pytest.raises(ValueError, match="cross_scan_grouped"):
         cross_scan_grouped(torch.randn(1, 2, 2, 3, 5))
+
+
+def test_cross_scan_and_merge_compile_without_graph_breaks():
+    """Under torch.compile the reversed directions are written without a non-contiguous ``out=``
+    (dynamo graph-breaks on one, and the broken-up graphs of a whole VMamba then recompiled with
+    dynamic shapes that inductor could not handle: the stock trainer's ``--torchcompile`` failed)."""
+    import torch._dynamo
+
+    x = torch.randn(2, 5, 7, 3)
+
+    def fn(t):
+        return cross_merge(cross_scan(t, channels_last=True) * 2.0, 5, 7, channels_last=True)
+
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(fn)(x)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert torch.allclose(torch.compile(fn, backend="eager")(x), fn(x))

@@ -191,3 +191,16 @@ def test_torchrun_stock_trainer_two_processes(model, data_dir, tmp_path):
         for rank in (0, 1):  # both ranks got as far as wrapping the built model
             assert f"[rank{rank}]: ValueError: {CPU_DDP_UPSTREAM_ERROR}" in run.output, run.output[-4000:]
         assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("model", NANOS)
+def test_trainer_torchcompile(model, data_dir, tmp_path):
+    """``--torchcompile``: the stock trainer compiles our CLIP model with inductor (the scan kernels
+    are opaque custom ops to it) and trains one epoch with finite losses and a checkpoint."""
+    run = run_trainer(tmp_path, "compile", model, data_dir / "train" / "train.csv", "--torchcompile",
+                      epochs=1, batch_size=8, val=False, timeout=1500)
+    assert_ok(run, "open_clip_train.main --torchcompile")
+    assert "Compiling model" in run.output, run.output[-3000:]
+    losses = [v for _, v in run.train_losses]
+    assert len(losses) >= 3 and all(math.isfinite(v) for v in losses)
+    assert run.checkpoints and run.checkpoints[-1].name == "epoch_1.pt"

@@ -938,3 +938,268 @@ int ss_bwd(const float* u, const float* delta, const float* A, const float* Bt, 
     free(accs);
     return err;
 }
+
+
+/* ==== Fused SS2D forward for N == 1 (VMamba, Liu et al. 2024, "2D-Selective-Scan"; the scan is
+ * Mamba's, Gu & Dao 2023). Cross-scan, dt projection, softplus, selective scan, D skip and
+ * cross-merge in one pass, without any (batch, 4, D, L) tensor:
+ *   y[b, p, d] = sum_k C_k[l] h_k[l] + Ds[k, d] u[b, p, d],   p = pos_k(l), l = 0 .. L-1,
+ *   dt         = softplus(sum_r dtw[k, d, r] xd[b, p, k, r] + dtb[k, d])   (threshold 20, as torch)
+ *   h_k[l]     = exp(dt A[k, d]) h_k[l-1] + dt B_k[l] u[b, p, d],   h_k[-1] = 0,
+ * with B_k[l] = xd[b, p, k, R], C_k[l] = xd[b, p, k, R + 1] and the scan orders of VMamba's
+ * cross-scan: k = 0 row-major (l = i W + j for grid position p = i W + j), k = 1 column-major
+ * (l = j H + i), k = 2 and 3 the reverses of 0 and 1.
+ * Layouts (contiguous float32): u, y: (batch, L = H W, D) channels-last; xd: (batch, L, 4, R + 2),
+ * the x_proj output on the un-scanned map; dtw: (4, D, R); dtb, A, Ds: (4, D).
+ * Work items are (batch, block of 16 channels); each owns its channels of y. A block's 16 channels
+ * at one position are 64 contiguous bytes of u and y, so the state chain runs directly as two
+ * 8-wide vectors (no transposes); the dt projection of 4 steps is computed together (each weight
+ * load serves 4 FMAs). Channels past the last multiple of 8 take the portable path. Memory besides
+ * y: a shared (4, L) int32 table of scan positions and R * 16 floats of packed weights per thread;
+ * no L-sized per-thread scratch (the state is carried in registers). */
+
+/* Scan positions of the four directions, pos[k * L + l] (shared, read-only). */
+static void ss2d_positions(int64_t H, int64_t W, int32_t* pos) {
+    const int64_t L = H * W;
+    for (int64_t l = 0; l < L; ++l) {
+        const int32_t col = (int32_t)((l % H) * W + l / H);
+        pos[l] = (int32_t)l;
+        pos[L + l] = col;
+        pos[2 * L + (L - 1 - l)] = (int32_t)l;
+        pos[3 * L + (L - 1 - l)] = col;
+    }
+}
+
+/* Portable path: channels d0 .. d0+cb-1 (cb <= 16) of batch b, all four directions.
+ * wpk: R * 16 floats of scratch. */
+static void ss2d_block_portable(const float* u, const float* xd, const float* dtw, const float* dtb,
+                                const float* A, const float* Ds, const int32_t* pos, int64_t b,
+                                int64_t d0, int cb, int64_t L, int64_t D, int64_t R, float* y,
+                                float* RESTRICT wpk) {
+    const int64_t xs = 4 * (R + 2);
+    const float* ub = u + b * L * D + d0;
+    float* yb = y + b * L * D + d0;
+    const float* xb = xd + b * L * xs;
+    float dsum[16], bias[16], a0[16], hs[16];
+    for (int c = 0; c < cb; ++c) dsum[c] = Ds[d0 + c] + Ds[D + d0 + c] + Ds[2 * D + d0 + c] + Ds[3 * D + d0 + c];
+    for (int k = 0; k < 4; ++k) {
+        for (int c = 0; c < cb; ++c) {
+            for (int64_t r = 0; r < R; ++r) wpk[r * 16 + c] = dtw[(k * D + d0 + c) * R + r];
+            bias[c] = dtb[k * D + d0 + c];
+            a0[c] = A[k * D + d0 + c];
+            hs[c] = 0.0f;
+        }
+        const int32_t* pk = pos + k * L;
+        const float* xk = xb + k * (R + 2);
+        for (int64_t l = 0; l < L; ++l) {
+            const int64_t p = pk[l];
+            const float* RESTRICT x = xk + p * xs;
+            const float* RESTRICT ul = ub + p * D;
+            float* RESTRICT yl = yb + p * D;
+            const float Bl = x[R], Cl = x[R + 1];
+            float acc[16];
+            for (int c = 0; c < cb; ++c) acc[c] = bias[c];
+            for (int64_t r = 0; r < R; ++r) {
+                const float xr = x[r];
+                const float* RESTRICT wr = wpk + r * 16;
+#pragma omp simd
+                for (int c = 0; c < cb; ++c) acc[c] += wr[c] * xr;
+            }
+#pragma omp simd
+            for (int c = 0; c < cb; ++c) {
+                const float v = acc[c];
+                const float e = fexp(v < 0.0f ? v : -v);
+                const float sp = (v > 0.0f ? v : 0.0f) + flog1p01(e);
+                const float dt = v > 20.0f ? v : sp;
+                const float uc = ul[c];
+                hs[c] = fexp(dt * a0[c]) * hs[c] + dt * Bl * uc;
+                yl[c] = (k == 0 ? dsum[c] * uc : yl[c]) + Cl * hs[c];
+            }
+        }
+    }
+}
+
+#ifdef SS_VEC_FWD
+/* The per-step work (softplus, two exps) is a long dependency chain but independent across steps:
+ * the M = S * NV vectors of a chunk are evaluated in lock-step (each polynomial stage over all of
+ * them), so consecutive instructions are independent and the FMA pipes stay busy; written one
+ * vector at a time, the chains exceed the out-of-order window and run ~2x slower. */
+
+/* v[i] = 2^t[i] for t <= 127 (see vexp2; only the lower clamp when hi == 0, i.e. t <= 0 known). */
+static inline __attribute__((always_inline)) void vexp2_m(__m256* v, const int M, const int hi) {
+    __m256 k[8], f[8], p[8];
+    for (int i = 0; i < M; ++i) {
+        __m256 t = _mm256_max_ps(_mm256_set1_ps(-126.0f), v[i]); /* NaN passes (second operand) */
+        if (hi) t = _mm256_min_ps(_mm256_set1_ps(127.0f), t);
+        k[i] = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        f[i] = _mm256_sub_ps(t, k[i]);
+        p[i] = _mm256_fmadd_ps(_mm256_set1_ps(0.0013266970386330741f), f[i],
+                               _mm256_set1_ps(0.009675459745517631f));
+    }
+    for (int i = 0; i < M; ++i) p[i] = _mm256_fmadd_ps(p[i], f[i], _mm256_set1_ps(0.0555074261600254f));
+    for (int i = 0; i < M; ++i) p[i] = _mm256_fmadd_ps(p[i], f[i], _mm256_set1_ps(0.24022121753561687f));
+    for (int i = 0; i < M; ++i) p[i] = _mm256_fmadd_ps(p[i], f[i], _mm256_set1_ps(0.6931469491610631f));
+    for (int i = 0; i < M; ++i) p[i] = _mm256_fmadd_ps(p[i], f[i], _mm256_set1_ps(1.0000000710296983f));
+    for (int i = 0; i < M; ++i) {
+        const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(k[i]), 23);
+        v[i] = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p[i]), e));
+    }
+}
+
+/* v[i] = softplus(v[i]) = max(x, 0) + log1p(exp(-|x|)), x for x > 20 (torch); NaN propagates.
+ * log1p(e), e in (0, 1], is flog1p01's polynomial. */
+static inline __attribute__((always_inline)) void vsoftplus_m(__m256* v, const int M) {
+    static const float c[10] = {-3.214113414287567e-3f, 1.9649622961878777e-2f, -5.643612518906593e-2f,
+                                1.0533368587493896e-1f, -1.5251556038856506e-1f, 1.9651539623737335e-1f,
+                                -2.4947820603847504e-1f, 3.332909941673279e-1f, -4.999985098838806e-1f,
+                                1.0f};
+    __m256 e[8], p[8];
+    for (int i = 0; i < M; ++i)
+        e[i] = _mm256_mul_ps(_mm256_or_ps(v[i], _mm256_set1_ps(-0.0f)), /* -|x| */
+                             _mm256_set1_ps(1.4426950408889634f));
+    vexp2_m(e, M, 0);
+    for (int i = 0; i < M; ++i) p[i] = _mm256_fmadd_ps(_mm256_set1_ps(c[0]), e[i], _mm256_set1_ps(c[1]));
+    for (int n = 2; n < 10; ++n)
+        for (int i = 0; i < M; ++i) p[i] = _mm256_fmadd_ps(p[i], e[i], _mm256_set1_ps(c[n]));
+    for (int i = 0; i < M; ++i) {
+        /* max(0, x) returns x when x is NaN (second operand) */
+        const __m256 sp = _mm256_fmadd_ps(e[i], p[i], _mm256_max_ps(_mm256_setzero_ps(), v[i]));
+        const __m256 big = _mm256_cmp_ps(v[i], _mm256_set1_ps(20.0f), _CMP_GT_OQ);
+        v[i] = _mm256_blendv_ps(sp, v[i], big);
+    }
+}
+
+/* S consecutive steps (S = 4 or 1) of direction k for NV = 1 or 2 vectors of 8 channels;
+ * first: this is direction 0 (y is written, with the summed D skip, instead of accumulated). */
+static inline __attribute__((always_inline)) void ss2d_steps_avx(
+    const float* RESTRICT ub, float* RESTRICT yb, const float* RESTRICT xk, const int32_t* RESTRICT pk,
+    const float* RESTRICT wpk, const __m256* bias, const __m256* a2, const __m256* dsum, __m256* h,
+    int64_t l, int64_t D, int64_t R, int64_t xs, const int S, const int NV, const int first) {
+    const int M = S * NV;
+    const float* x[4];
+    __m256 dt[8], a[8];
+    for (int s = 0; s < S; ++s) {
+        x[s] = xk + (int64_t)pk[l + s] * xs;
+        for (int j = 0; j < NV; ++j) dt[s * NV + j] = bias[j];
+    }
+    /* dt projection: each weight load serves S FMAs */
+    for (int64_t r = 0; r < R; ++r) {
+        __m256 w[2];
+        for (int j = 0; j < NV; ++j) w[j] = _mm256_loadu_ps(wpk + r * 16 + 8 * j);
+        for (int s = 0; s < S; ++s) {
+            const __m256 xr = _mm256_broadcast_ss(x[s] + r);
+            for (int j = 0; j < NV; ++j) dt[s * NV + j] = _mm256_fmadd_ps(w[j], xr, dt[s * NV + j]);
+        }
+    }
+    vsoftplus_m(dt, M);
+    for (int i = 0; i < M; ++i) a[i] = _mm256_mul_ps(dt[i], a2[i % NV]);
+    vexp2_m(a, M, 1);
+    for (int s = 0; s < S; ++s) {
+        const int64_t p = pk[l + s];
+        const __m256 Bl = _mm256_broadcast_ss(x[s] + R), Cl = _mm256_broadcast_ss(x[s] + R + 1);
+        for (int j = 0; j < NV; ++j) {
+            const int i = s * NV + j;
+            const __m256 uc = _mm256_loadu_ps(ub + p * D + 8 * j);
+            h[j] = _mm256_fmadd_ps(a[i], h[j], _mm256_mul_ps(_mm256_mul_ps(dt[i], Bl), uc));
+            float* yp = yb + p * D + 8 * j;
+            const __m256 y0 = first ? _mm256_mul_ps(dsum[j], uc) : _mm256_loadu_ps(yp);
+            _mm256_storeu_ps(yp, _mm256_fmadd_ps(Cl, h[j], y0));
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void ss2d_dir_avx(
+    const float* ub, float* yb, const float* xk, const int32_t* pk, const float* wpk,
+    const __m256* bias, const __m256* a2, const __m256* dsum, int64_t L, int64_t D, int64_t R,
+    const int NV, const int first) {
+    const int64_t xs = 4 * (R + 2);
+    __m256 h[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t l = 0;
+    for (; l + 4 <= L; l += 4) ss2d_steps_avx(ub, yb, xk, pk, wpk, bias, a2, dsum, h, l, D, R, xs, 4, NV, first);
+    for (; l < L; ++l) ss2d_steps_avx(ub, yb, xk, pk, wpk, bias, a2, dsum, h, l, D, R, xs, 1, NV, first);
+}
+
+/* AVX2 path: channels d0 .. d0 + 8 NV - 1 of batch b, all four directions. wpk: R * 16 floats. */
+static void ss2d_block_avx(const float* u, const float* xd, const float* dtw, const float* dtb,
+                           const float* A, const float* Ds, const int32_t* pos, int64_t b, int64_t d0,
+                           const int NV, int64_t L, int64_t D, int64_t R, float* y, float* wpk) {
+    const int64_t xs = 4 * (R + 2);
+    const float* ub = u + b * L * D + d0;
+    float* yb = y + b * L * D + d0;
+    const float* xb = xd + b * L * xs;
+    const __m256 log2e = _mm256_set1_ps(1.4426950408889634f);
+    __m256 dsum[2], bias[2], a2[2];
+    for (int j = 0; j < NV; ++j) {
+        const float* dj = Ds + d0 + 8 * j;
+        dsum[j] = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(dj), _mm256_loadu_ps(dj + D)),
+                                _mm256_add_ps(_mm256_loadu_ps(dj + 2 * D), _mm256_loadu_ps(dj + 3 * D)));
+    }
+    for (int k = 0; k < 4; ++k) {
+        for (int c = 0; c < 8 * NV; ++c)
+            for (int64_t r = 0; r < R; ++r) wpk[r * 16 + c] = dtw[(k * D + d0 + c) * R + r];
+        for (int j = 0; j < NV; ++j) {
+            bias[j] = _mm256_loadu_ps(dtb + k * D + d0 + 8 * j);
+            a2[j] = _mm256_mul_ps(_mm256_loadu_ps(A + k * D + d0 + 8 * j), log2e);
+        }
+        const int32_t* pk = pos + k * L;
+        const float* xk = xb + k * (R + 2);
+        if (NV == 2) {
+            if (k == 0) ss2d_dir_avx(ub, yb, xk, pk, wpk, bias, a2, dsum, L, D, R, 2, 1);
+            else ss2d_dir_avx(ub, yb, xk, pk, wpk, bias, a2, dsum, L, D, R, 2, 0);
+        } else {
+            if (k == 0) ss2d_dir_avx(ub, yb, xk, pk, wpk, bias, a2, dsum, L, D, R, 1, 1);
+            else ss2d_dir_avx(ub, yb, xk, pk, wpk, bias, a2, dsum, L, D, R, 1, 0);
+        }
+    }
+}
+#endif
+
+/* Entry point. portable != 0 forces the portable path (tests). Returns 0, or 1 if scratch memory
+ * could not be allocated. */
+int ss2d_fwd_n1(const float* u, const float* xd, const float* dtw, const float* dtb, const float* A,
+                const float* Ds, int64_t batch, int64_t H, int64_t W, int64_t D, int64_t R, float* y,
+                int nthreads, int portable) {
+    const int64_t L = H * W;
+    const int64_t nblk = (D + 15) / 16;
+    if (batch <= 0 || L <= 0 || D <= 0) return 0;
+    int32_t* pos = (int32_t*)malloc(sizeof(int32_t) * 4 * (size_t)L);
+    if (!pos) return 1;
+    ss2d_positions(H, W, pos);
+    int err = 0;
+#ifndef SS_VEC_FWD
+    (void)portable; /* no AVX2 + FMA: only the portable path is compiled */
+#endif
+#pragma omp parallel num_threads(nthreads)
+    {
+        float* wpk = (float*)malloc(sizeof(float) * (size_t)(16 * (R > 0 ? R : 1)));
+        if (!wpk) {
+#pragma omp atomic write
+            err = 1;
+        }
+#pragma omp barrier
+        if (!err) {
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t it = 0; it < batch * nblk; ++it) {
+                const int64_t b = it / nblk, d0 = (it % nblk) * 16;
+                const int cb = (int)(D - d0 < 16 ? D - d0 : 16);
+                int done = 0;
+#ifdef SS_VEC_FWD
+                if (!portable && cb >= 8) {
+                    const int nv = cb >= 16 ? 2 : 1;
+                    if (nv == 2)
+                        ss2d_block_avx(u, xd, dtw, dtb, A, Ds, pos, b, d0, 2, L, D, R, y, wpk);
+                    else
+                        ss2d_block_avx(u, xd, dtw, dtb, A, Ds, pos, b, d0, 1, L, D, R, y, wpk);
+                    done = 8 * nv;
+                }
+#endif
+                if (done < cb)
+                    ss2d_block_portable(u, xd, dtw, dtb, A, Ds, pos, b, d0 + done, cb - done, L, D, R,
+                                        y, wpk);
+            }
+        }
+        free(wpk);
+    }
+    free(pos);
+    return err;
+}
