@@ -149,7 +149,7 @@ def step_train(out: Path, args) -> Dict:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.detach().item())
         model.eval()
         after = _zero_shot_accuracy(model, tokenizer, test_x, test_y, synthetic.SHAPES)
         ckpt = out / f"{name}.pt"
