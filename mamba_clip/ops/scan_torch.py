@@ -288,20 +288,11 @@ class _ScanN1(torch.autograd.Function):
         y = torch.empty_like(up)
         last = u.new_empty((batch, dim, 1))
         rmax = min(dim // G, ROWS_PER_BLOCK)
-        # The recurrence runs on step-major (T, ..., R, nc) buffers: contiguous slabs per step.
-        a_buf, hp_buf = u.new_empty((T, rmax * nc)), u.new_empty((T, 2, rmax * nc))
-        ends_buf, ci_buf = u.new_empty((2, rmax * nc)), u.new_zeros((rmax, nc))
+        steps = _StepMajor(u, T, nc, rmax)
         yq_buf = u.new_empty((rmax, T, nc))
-        views = {}  # per-step views of the reused buffers, built once per row count (select ops add up)
         for b, d0, d1 in _blocks(batch, dim, G):
             R = d1 - d0
-            if R not in views:
-                a = a_buf[:, :R * nc].view(T, R, nc)
-                hp = hp_buf[:, :, :R * nc].view(T, 2, R, nc)
-                ends = ends_buf[:, :R * nc].view(2, R, nc)
-                views[R] = (a, hp, ends, ci_buf[:R], a.unsqueeze(1).unbind(0), hp.unbind(0),
-                            ends[0].unbind(1), ends[1].unbind(1))
-            a, hp, ends, carry_in, a_l, hp_l, es_l, ed_l = views[R]
+            a, hp, ends, carry_in, a_l, hp_l, es_l, ed_l, _, _ = steps.views(R)
             dt = _to_q(dlp[b, d0:d1], dt_all[b, d0:d1].view(R, T, nc))
             if delta_bias is not None:
                 dt.add_(delta_bias[d0:d1, None, None])
@@ -357,20 +348,10 @@ class _ScanN1(torch.autograd.Function):
         dbias = torch.zeros_like(delta_bias) if delta_bias is not None else None
         rmax = min(dim // G, ROWS_PER_BLOCK)
         a_buf, g_buf, w_buf, t_buf, y_buf = (u.new_empty((rmax, T, nc)) for _ in range(5))
-        # step-major buffers for the adjoint recurrence (contiguous slabs per step)
-        aP_buf, gp_buf = u.new_empty((T, rmax * nc)), u.new_empty((T, 2, rmax * nc))
-        st_buf, carry_buf = u.new_empty((2, rmax * nc)), u.new_zeros((rmax, nc))
-        views = {}  # per-step views of the reused buffers, built once per row count (select ops add up)
+        steps = _StepMajor(u, T, nc, rmax)  # for the adjoint recurrence
         for b, d0, d1 in _blocks(batch, dim, G):
             R = d1 - d0
-            if R not in views:
-                aP = aP_buf[:, :R * nc].view(T, R, nc)
-                gp = gp_buf[:, :, :R * nc].view(T, 2, R, nc)
-                st = st_buf[:, :R * nc].view(2, R, nc)
-                carry = carry_buf[:R]
-                views[R] = (aP, gp, st, carry, aP.unsqueeze(1).unbind(0), gp.unbind(0), st[0].unbind(1),
-                            st[1].unbind(1), aP[0].unbind(1), carry.unbind(1))
-            aP, gp, st, carry, a_l, gp_l, gs_l, gq_l, a0_l, carry_l = views[R]
+            aP, gp, st, carry, a_l, gp_l, gs_l, gq_l, a0_l, carry_l = steps.views(R)
             gb, gc = d0 * GB // dim, d0 * GC // dim
             dt, ub, h = (t[b, d0:d1].view(R, T, nc) for t in (dt_all, u_all, h_all))
             a = torch.mul(dt, A2[d0:d1, None, None], out=a_buf[:R]).exp2_()
@@ -420,6 +401,32 @@ class _ScanN1(torch.autograd.Function):
                 dbias[d0:d1] += ddt.sum((1, 2))
             _from_q(ddt, ddelta[b, d0:d1])
         return du[..., :L], ddelta[..., :L], dA, dB[..., :L], dC[..., :L], dD, dbias, None, None
+
+
+class _StepMajor:
+    """The reused buffers of one :class:`_ScanN1` recurrence, step-major so that every step is one
+    contiguous slab: ``a`` (T, R, nc), the stacked ``[state, decay]`` (T, 2, R, nc), the chunk-edge
+    values (2, R, nc) and the chunk carries (R, nc, zero-initialised); :meth:`views` also returns
+    their per-step / per-chunk views, built once per row count R (the select ops add up)."""
+
+    def __init__(self, u: Tensor, T: int, nc: int, rmax: int):
+        self.T, self.nc = T, nc
+        self.a, self.stacked = u.new_empty((T, rmax * nc)), u.new_empty((T, 2, rmax * nc))
+        self.edge, self.carry = u.new_empty((2, rmax * nc)), u.new_zeros((rmax, nc))
+        self._views = {}
+
+    def views(self, R: int):
+        """(a, stacked, edge, carry, a_s (1, R, nc) per step, stacked per step, edge[0] and edge[1]
+        per chunk, a[0] per chunk, carry per chunk)."""
+        if R not in self._views:
+            T, nc = self.T, self.nc
+            a = self.a[:, :R * nc].view(T, R, nc)
+            st = self.stacked[:, :, :R * nc].view(T, 2, R, nc)
+            edge = self.edge[:, :R * nc].view(2, R, nc)
+            carry = self.carry[:R]
+            self._views[R] = (a, st, edge, carry, a.unsqueeze(1).unbind(0), st.unbind(0), edge[0].unbind(1),
+                              edge[1].unbind(1), a[0].unbind(1), carry.unbind(1))
+        return self._views[R]
 
 
 def _n1_graph(u, delta, A, B, C, D, delta_bias, softplus, T):

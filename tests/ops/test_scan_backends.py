@@ -156,6 +156,19 @@ def test_every_input_gets_a_gradient(backend, L):
     assert not missing, f"no gradient for {missing} (L={L})"
 
 
+def _torch_matches_ref(inp, **kw):
+    """selective_scan_torch(**kw) against "ref": output, last state and every input's gradient."""
+    y_ref, last_ref, g_ref = _run("ref", inp, True)
+    leaves = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in inp.items()}
+    y, last = scan_torch.selective_scan_torch(**leaves, delta_softplus=True, return_last_state=True, **kw)
+    g = torch.Generator().manual_seed(1)
+    gy, gl = torch.randn(y.shape, generator=g), torch.randn(last.shape, generator=g)
+    ((y * gy).sum() + (last * gl).sum()).backward()
+    assert max_rel_err(y.detach(), y_ref) <= TOL and max_rel_err(last.detach(), last_ref) <= TOL
+    for k, v in leaves.items():
+        assert max_rel_err(v.grad, g_ref[k]) <= TOL, k
+
+
 @pytest.mark.parametrize("rows", [1, 3, 256])
 @pytest.mark.parametrize("L,chunk", [(37, 5), (49, 7), (300, None), (8, 1)])
 def test_torch_n1_row_blocks_and_padding_match_ref(rows, L, chunk, monkeypatch):
@@ -164,17 +177,7 @@ def test_torch_n1_row_blocks_and_padding_match_ref(rows, L, chunk, monkeypatch):
     gradient must not see them, and D / bias / softplus run inside the block loop."""
     monkeypatch.setattr(scan_torch, "ROWS_PER_BLOCK", rows)
     monkeypatch.setattr(scan_torch, "STEPWISE_MIN", 1 << 62)
-    inp = make_inputs(2, 8, L, 1, 4, z=True, bias=True)
-    y_ref, last_ref, g_ref = _run("ref", inp, True)
-    leaves = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in inp.items()}
-    y, last = scan_torch.selective_scan_torch(**leaves, delta_softplus=True, return_last_state=True,
-                                              chunk_size=chunk)
-    g = torch.Generator().manual_seed(1)
-    gy, gl = torch.randn(y.shape, generator=g), torch.randn(last.shape, generator=g)
-    ((y * gy).sum() + (last * gl).sum()).backward()
-    assert max_rel_err(y.detach(), y_ref) <= TOL and max_rel_err(last.detach(), last_ref) <= TOL
-    for k, v in leaves.items():
-        assert max_rel_err(v.grad, g_ref[k]) <= TOL, k
+    _torch_matches_ref(make_inputs(2, 8, L, 1, 4, z=True, bias=True), chunk_size=chunk)
 
 
 @pytest.mark.parametrize("block_bytes", [1, 4096, 1 << 21])
@@ -182,14 +185,4 @@ def test_torch_stepwise_time_blocks_match_ref(block_bytes, monkeypatch):
     """The stepwise path runs time in blocks (one step per block up to the whole sequence), saving
     only block-start states and recomputing each block in the backward."""
     monkeypatch.setattr(scan_torch, "BLOCK_BYTES", block_bytes)
-    inp = make_inputs(2, 6, 41, 16, 3, z=True, bias=True)
-    y_ref, last_ref, g_ref = _run("ref", inp, True)
-    leaves = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in inp.items()}
-    y, last = scan_torch.selective_scan_torch(**leaves, delta_softplus=True, return_last_state=True,
-                                              schedule="stepwise")
-    g = torch.Generator().manual_seed(1)
-    gy, gl = torch.randn(y.shape, generator=g), torch.randn(last.shape, generator=g)
-    ((y * gy).sum() + (last * gl).sum()).backward()
-    assert max_rel_err(y.detach(), y_ref) <= TOL and max_rel_err(last.detach(), last_ref) <= TOL
-    for k, v in leaves.items():
-        assert max_rel_err(v.grad, g_ref[k]) <= TOL, k
+    _torch_matches_ref(make_inputs(2, 6, 41, 16, 3, z=True, bias=True), schedule="stepwise")
