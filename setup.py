@@ -65,7 +65,11 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["mamba_clip", "mamba_clip.*"]) + ["mamba_clip.model_configs"],
     package_dir={"mamba_clip.model_configs": "model_configs"},
-    package_data={"mamba_clip.model_configs": ["*.json"], "mamba_clip.ops": ["csrc/*.c"]},
+    package_data={
+        "mamba_clip.model_configs": ["*.json"],
+        "mamba_clip.ops": ["csrc/*.c"],
+        "mamba_clip.eval.zeroshot": ["data/*.json", "data/*.csv"],
+    },
     include_package_data=True,
     install_requires=[
         "torch>=2.1",
@@ -85,6 +89,8 @@ setup(
         "pillow>=9",
         # open_clip_train imports pandas for CSV datasets (stock trainer).
         "pandas>=1.5",
+        # the demo's handwritten digits ship with scikit-learn; ROC-AUC of the zero-shot suite.
+        "scikit-learn>=1.0",
     ],
     extras_require={
         "cuda": ["mamba-ssm>=2.0", "causal-conv1d>=1.2"],

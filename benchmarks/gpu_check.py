@@ -1,7 +1,7 @@
 """One-shot GPU check (run on a CUDA machine; CI never runs it).
 
-1. Selective scan on CUDA tensors: every CUDA-capable backend ("torch", "cuda" when mamba-ssm is
-   installed) against "ref" on the same device: outputs, last state, gradients of every input; "auto"
+1. Selective scan on CUDA tensors: every CUDA-capable backend ("torch", "triton", "cuda" when mamba-ssm
+   is installed) against "ref" on the same device: outputs, last state, gradients of every input; "auto"
    resolution; double backward of "torch" on CUDA (gradgradcheck, float64, tiny shape).
 2. The six CLIP-Mamba open_clip models on CUDA: a forward/backward step under bf16 autocast (finite loss,
    every parameter gets a gradient); image-encoder throughput (fp32 and bf16, batch 32) against
@@ -50,7 +50,7 @@ def check_scan(dev: str) -> dict:
         inputs = {k: v.to(dev).requires_grad_(True) for k, v in inputs.items()}
         out["auto_on_cuda"] = resolve_backend("auto", inputs["u"])
         results = {}
-        for backend in ["ref"] + [x for x in available_backends() if x in ("torch", "cuda")]:
+        for backend in ["ref"] + [x for x in available_backends() if x in ("torch", "cuda", "triton")]:
             for v in inputs.values():
                 v.grad = None
             y, last = selective_scan(**inputs, delta_softplus=c["softplus"], return_last_state=True, backend=backend)

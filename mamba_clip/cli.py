@@ -14,6 +14,9 @@ from typing import Optional, Sequence
 SUBCOMMANDS = {
     "convert": "mamba_clip.openclip_ext.convert_cli",
     "ood": "mamba_clip.eval.ood.cli",
+    "zeroshot": "mamba_clip.eval.zeroshot.cli",
+    "make-wds": "mamba_clip.eval.zeroshot.make_wds_cli",
+    "hessian": "mamba_clip.eval.hessian.cli",
     "demo": "mamba_clip.demo",
 }
 

@@ -86,7 +86,7 @@ def test_non_editable_wheel_install(tmp_path):
 def test_configs_found_from_uninstalled_source_tree():
     """Running from a checkout on PYTHONPATH (no install, no site-packages) still finds the configs."""
     code = (
-        "from mamba_clip.openclip_ext.registry import config_dir; "
+        "from mamba_clip.openclip_ext.configs import config_dir; "
         "print(sorted(p.stem for p in config_dir().glob('*.json')))"
     )
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd="/",

@@ -504,8 +504,8 @@ MODEL_ARGS: Dict[str, Dict[str, Any]] = {
                     mlp_ratios=(8, 8, 4, 4), drop_path_rate=0.1),
     "simba_l": dict(stem_hidden_dim=64, embed_dims=(96, 192, 384, 512), depths=(3, 6, 18, 3),
                     mlp_ratios=(8, 8, 4, 4), drop_path_rate=0.3),
-    # Same code, CPU-sized for tests and demos (~0.4M trunk parameters).
-    "simba_nano": dict(stem_hidden_dim=8, embed_dims=(16, 32, 48, 64), depths=(1, 1, 2, 1),
+    # Same code, CPU-sized for tests and demos (~1.1M trunk parameters, like vmamba_nano and vit-nano).
+    "simba_nano": dict(stem_hidden_dim=16, embed_dims=(32, 64, 96, 128), depths=(1, 1, 2, 1),
                        mlp_ratios=(4, 4, 4, 4), d_state=8, drop_path_rate=0.0),
 }
 
@@ -540,5 +540,5 @@ def simba_l(pretrained: bool = False, **kwargs) -> SiMBA:
 
 @register_model
 def simba_nano(pretrained: bool = False, **kwargs) -> SiMBA:
-    """Tiny SiMBA for CPU tests: stem 8, dims 16/32/48/64, depths 1/1/2/1, d_state 8."""
+    """Tiny SiMBA for CPU tests and the demo: stem 16, dims 32/64/96/128, depths 1/1/2/1, d_state 8."""
     return _create_simba("simba_nano", pretrained, **kwargs)

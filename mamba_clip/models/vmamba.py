@@ -54,6 +54,23 @@ def _ss2d_fused():
     return ss2d_fused
 
 
+def _cross_fns(u: Tensor):
+    """(cross_scan, cross_merge) for scan input ``u``: the fused Triton kernels when the selective scan
+    resolves to the "triton" backend (CUDA without mamba-ssm), else the torch ones."""
+    if u.is_cuda or u.device.type == "cpu" and _forced_triton():
+        from mamba_clip.ops import cross_scan_triton as cst
+
+        if cst.use_triton(u):
+            return cst.cross_scan_triton, cst.cross_merge_triton
+    return cross_scan, cross_merge
+
+
+def _forced_triton() -> bool:
+    from mamba_clip.ops.selective_scan import _forced_backend
+
+    return _forced_backend() == "triton"
+
+
 def _fp32(t: Tensor) -> Tensor:
     """SSM parameters in at least float32 (VMamba keeps A, D, dt bias in fp32; float64 stays)."""
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
@@ -207,7 +224,8 @@ class SS2D(nn.Module):
         """
         b, h, w, dc = u.shape
         k, d, length = 4, self.d_inner, h * w
-        xs = cross_scan(u, channels_last=True)  # (B, 4, dc, L)
+        scan_fn, merge_fn = _cross_fns(u)
+        xs = scan_fn(u, channels_last=True)  # (B, 4, dc, L)
         whole = c0 == 0 and c1 == d
         dtw = self.dt_projs_weight if whole else self.dt_projs_weight[:, c0:c1]
         delta = torch.matmul(dtw, dts)  # (B, 4, dc, L)
@@ -226,7 +244,7 @@ class SS2D(nn.Module):
             delta_softplus=True,
         )
         del xs, delta  # free the 4x-sized scan inputs before the merge allocates
-        return cross_merge(ys.view(b, k, dc, length), h, w, channels_last=True)
+        return merge_fn(ys.view(b, k, dc, length), h, w, channels_last=True)
 
 
 class VSSBlock(nn.Module):
@@ -501,7 +519,7 @@ VMAMBA_VARIANTS: Dict[str, Dict[str, Any]] = {
     "vmamba_s": dict(depths=(2, 2, 15, 2), dims=96, forward_type="v3noz", drop_path_rate=0.3),
     "vmamba_b": dict(depths=(2, 2, 15, 2), dims=128, forward_type="v3noz", drop_path_rate=0.6),
     # small model of the same code, for tests and CPU experiments
-    "vmamba_nano": dict(depths=(1, 1, 2, 1), dims=32, forward_type="v3noz", drop_path_rate=0.1),
+    "vmamba_nano": dict(depths=(1, 1, 2, 1), dims=24, forward_type="v3noz", drop_path_rate=0.1),
 }
 _COMMON = dict(d_state=1, ssm_ratio=2.0, dt_rank="auto", ssm_conv=3, ssm_conv_bias=False, mlp_ratio=4.0)
 
@@ -550,5 +568,5 @@ def vmamba_b(pretrained: bool = False, **kwargs: Any) -> VMamba:
 
 @register_model
 def vmamba_nano(pretrained: bool = False, **kwargs: Any) -> VMamba:
-    """VMamba-nano: depths 1-1-2-1, dim 32 (tests / CPU experiments)."""
+    """VMamba-nano: depths 1-1-2-1, dim 24, about 1.0M parameters (tests / CPU experiments)."""
     return _create("vmamba_nano", pretrained, **kwargs)

@@ -47,6 +47,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
+from .configs import our_model_names
+
 TOWERS = ("ema", "online")
 FORMAT_VERSION = "1"
 
@@ -350,13 +352,6 @@ def check_state_dict(
         f"checkpoint is for {src}, not for the target model {target}: {len(bad)} mismatched entries, "
         "first ones:\n  " + "\n  ".join(bad[:show])
     )
-
-
-def our_model_names() -> List[str]:
-    """open_clip names of the configs shipped in ``model_configs/``."""
-    from .registry import config_dir
-
-    return sorted(p.stem for p in config_dir().glob("*.json"))
 
 
 @contextlib.contextmanager

@@ -20,21 +20,12 @@ not ours back to the original function:
 from __future__ import annotations
 
 import os
-from importlib import resources
-from pathlib import Path
 from typing import Dict, Optional
+
+from .configs import config_dir
 
 _REGISTERED = False
 _ORIGINALS: Dict[str, object] = {}
-
-
-def config_dir() -> Path:
-    """Folder holding ``model_configs/*.json``: the installed package data, or the checkout's
-    ``model_configs/`` when running from a source tree that is not installed."""
-    try:
-        return Path(str(resources.files("mamba_clip.model_configs")))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parents[2] / "model_configs"
 
 
 def register_open_clip() -> None:

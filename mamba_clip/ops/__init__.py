@@ -1,7 +1,8 @@
 """Selective-scan kernels and the Mamba block.
 
 ``selective_scan`` has mamba-ssm ``selective_scan_fn`` semantics with backends "cuda" (mamba-ssm),
-"cpu" (our fused C kernel), "torch" (vectorised, twice differentiable) and "ref" (sequential oracle);
+"cpu" (our fused C kernel), "triton" (our Triton kernels, CUDA), "torch" (vectorised, twice
+differentiable) and "ref" (sequential oracle);
 ``"auto"`` picks one. Importing this package never imports mamba-ssm.
 
     from mamba_clip.ops import selective_scan, Mamba, double_backward

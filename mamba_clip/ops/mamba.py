@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .selective_scan import selective_scan
+from .selective_scan import in_double_backward, selective_scan
 
 __all__ = ["Mamba", "mamba_fast_path_available"]
 
@@ -36,10 +36,13 @@ __all__ = ["Mamba", "mamba_fast_path_available"]
 @torch.compiler.assume_constant_result
 def mamba_fast_path_available() -> bool:
     """True when mamba-ssm's fused ``mamba_inner_fn`` (which needs causal-conv1d) can be used."""
+    from .selective_scan import _cuda_ext_error
+
+    # mamba-ssm's compiled extension must really import (see selective_scan._cuda_ext_error)
     return (
         torch.cuda.is_available()
-        and importlib.util.find_spec("mamba_ssm") is not None
         and importlib.util.find_spec("causal_conv1d") is not None
+        and _cuda_ext_error() == ""
     )
 
 
@@ -128,15 +131,18 @@ class Mamba(nn.Module):
         batch, seqlen, _ = hidden_states.shape
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (b, 2*d_inner, L)
         A = -torch.exp(self.A_log.float())
+        # Not inside double_backward(): mamba_inner_fn's backward is first-order only.
         if self.use_fast_path and hidden_states.is_cuda and self.backend in ("auto", "cuda") \
-                and mamba_fast_path_available():
+                and not in_double_backward() and mamba_fast_path_available():
             from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
 
-            return mamba_inner_fn(
+            from .scan_cuda import guard_first_order
+
+            return guard_first_order(mamba_inner_fn(
                 xz.contiguous(), self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
                 self.dt_proj.weight, self.out_proj.weight, self.out_proj.bias, A, None, None,
                 self.D.float(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-            )
+            ))
         x, z = xz.chunk(2, dim=1)
         x = self.act(self.conv1d(x)[..., :seqlen])
         x_dbl = self.x_proj(x.transpose(1, 2))  # (b, L, dt_rank + 2N)

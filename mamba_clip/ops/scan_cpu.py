@@ -39,6 +39,8 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from .first_order import check_first_order
+
 __all__ = [
     "KernelBuildError",
     "build_error",
@@ -376,6 +378,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, dlast, *_):
     u, delta, A, Bt, Ct, D, z, delta_bias, dts, hs = ctx.saved_tensors
+    # create_graph=True through this first-order kernel: a clear error naming double_backward()
+    # instead of torch's bare "no autograd formula" one.
+    check_first_order("cpu", (u, delta, A, Bt, Ct, D, z, delta_bias, dout, dlast))
     if dout is None:
         dout = torch.zeros_like(u)
     grads = _scan_bwd(u, delta, A, Bt, Ct, D, z, delta_bias, ctx.softplus, dout.contiguous(),

@@ -12,7 +12,9 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["selective_scan_cuda"]
+from .first_order import FirstOrderGuard
+
+__all__ = ["guard_first_order", "selective_scan_cuda"]
 
 
 def selective_scan_cuda(
@@ -38,7 +40,7 @@ def selective_scan_cuda(
     def bc(M: Tensor) -> Tensor:
         return M if M.dtype in (dt, torch.float32) else M.to(dt)
 
-    return selective_scan_fn(
+    res = selective_scan_fn(
         u,
         delta.to(dt),
         A.float(),
@@ -50,3 +52,15 @@ def selective_scan_cuda(
         delta_softplus,
         return_last_state,
     )
+    return guard_first_order(res)
+
+
+def guard_first_order(res: Union[Tensor, Tuple[Tensor, ...]]) -> Union[Tensor, Tuple[Tensor, ...]]:
+    """mamba-ssm's backward is not marked once-differentiable: under ``create_graph=True`` it would
+    drop the second-order terms silently. Route the outputs through :class:`FirstOrderGuard`, whose
+    backward raises the clear error naming ``double_backward()`` instead."""
+    if not torch.is_grad_enabled():
+        return res
+    if isinstance(res, tuple):
+        return tuple(FirstOrderGuard.apply(t, "cuda") if t.requires_grad else t for t in res)
+    return FirstOrderGuard.apply(res, "cuda") if res.requires_grad else res

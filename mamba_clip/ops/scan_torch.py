@@ -49,6 +49,26 @@ def _to_chunks(x: Tensor, nc: int, T: int) -> Tensor:
     return x.movedim(-1, 0).contiguous()
 
 
+class _Stack(torch.autograd.Function):
+    """``torch.stack(ts, dim)`` whose backward is one ``unbind`` (torch's is one ``select`` per
+    input). The graphs below are differentiated with ``create_graph=True`` (double backward): there
+    a ``select`` in the first backward becomes a full-size zero-filled ``select_backward`` per step in
+    the second (a Hessian-vector product), an ``unbind`` becomes one ``stack``."""
+
+    @staticmethod
+    def forward(ctx, dim: int, *ts: Tensor) -> Tensor:
+        ctx.dim = dim
+        return torch.stack(ts, dim)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        return (None, *g.unbind(ctx.dim))
+
+
+def _stack(ts, dim: int) -> Tensor:
+    return _Stack.apply(dim, *ts) if torch.is_grad_enabled() else torch.stack(ts, dim)
+
+
 def _chunked(u, delta, A, B, C, T: Optional[int]):
     """y (batch, D, L) before D/z, and the last state, by the two-level chunked scan."""
     batch, dim, L = u.shape
@@ -69,14 +89,14 @@ def _chunked(u, delta, A, B, C, T: Optional[int]):
     hs = [torch.addcmul(x_t[0], a_t[0], torch.zeros_like(x_t[0])) if T == 1 else x_t[0]]
     for t in range(1, T):
         hs.append(torch.addcmul(x_t[t], a_t[t], hs[-1]))
-    h = torch.stack(hs, 0)
+    h = _stack(hs, 0)
     if nc > 1:
         P = torch.exp(torch.cumsum(dA_log, dim=0))  # within-chunk decay products
         end_state, end_decay = hs[-1].unbind(2), P[-1].unbind(2)  # nc x (b, D, N)
         carries = [end_state[0]]
         for c in range(1, nc):
             carries.append(torch.addcmul(end_state[c], end_decay[c], carries[-1]))
-        carry_in = torch.stack([torch.zeros_like(carries[0])] + carries[:-1], dim=2)  # (b, D, nc, N)
+        carry_in = _stack([torch.zeros_like(carries[0])] + carries[:-1], 2)  # (b, D, nc, N)
         h = torch.addcmul(h, P, carry_in)
         last = carries[-1]
     else:
@@ -103,7 +123,7 @@ def _stepwise(u, delta, A, B, C):
         h = torch.addcmul(a * h, dus[t].unsqueeze(-1), Bs[t].unsqueeze(2))
         hc = h.view(batch, GC, dim // GC, N)
         ys.append(torch.matmul(hc, Cs[t].unsqueeze(-1)).view(batch, dim))
-    return torch.stack(ys, -1), h.view(batch, dim, N)
+    return _stack(ys, -1), h.view(batch, dim, N)
 
 
 BLOCK_BYTES = 1 << 21  # time-block buffers of the stepwise path: about this many bytes each
@@ -238,7 +258,15 @@ def _graph_backward(inputs, graph_fn, gy, glast, *extra):
     with torch.enable_grad():
         y, last = graph_fn(*inputs, *extra)
         outs, grads = zip(*[(o, g) for o, g in ((y, gy), (last, glast)) if g is not None])
-        res = torch.autograd.grad(outs, inputs, grads, create_graph=True, allow_unused=True)
+        # only inputs that require grad can be differentiated (e.g. u is a constant when only the
+        # scan's own parameters are: Hessians w.r.t. a parameter subset)
+        req = [i for i, x in enumerate(inputs) if x.requires_grad]
+        res = [None] * len(inputs)
+        if req:
+            got = torch.autograd.grad(outs, [inputs[i] for i in req], grads, create_graph=True,
+                                      allow_unused=True)
+            for i, r in zip(req, got):
+                res[i] = r
     return tuple(torch.zeros_like(x) if r is None else r for r, x in zip(res, inputs))
 
 

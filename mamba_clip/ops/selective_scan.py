@@ -5,10 +5,13 @@ Semantics are those of mamba-ssm's ``selective_scan_fn`` (Gu & Dao 2023). Backen
 * ``"cuda"``  mamba-ssm's fused kernel (needs ``mamba_ssm`` and CUDA tensors);
 * ``"cpu"``   our fused, multi-threaded C kernel (``csrc/selective_scan_cpu.c``, built on first use);
 * ``"torch"`` pure-PyTorch chunked scan, twice differentiable;
-* ``"ref"``   the sequential oracle.
+* ``"ref"``   the sequential oracle;
+* ``"triton"`` our Triton kernels (CUDA tensors; on CPU only under ``TRITON_INTERPRET=1``, for tests).
 
-``"auto"`` picks cuda -> cpu -> torch by device and availability, and always ``"torch"`` inside the
-:func:`double_backward` context manager (use it when building a graph for Hessian-vector products).
+``"auto"`` picks, on CUDA tensors, "cuda" when mamba-ssm's compiled ``selective_scan_cuda`` extension
+imports, else "triton" when triton imports, else "torch"; on CPU "cpu" (or "torch"); and always
+``"torch"`` inside the :func:`double_backward` context manager (use it when building a graph for
+Hessian-vector products).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ __all__ = [
     "selective_scan",
 ]
 
-BACKENDS: Tuple[str, ...] = ("auto", "cuda", "cpu", "torch", "ref")
+BACKENDS: Tuple[str, ...] = ("auto", "cuda", "cpu", "torch", "ref", "triton")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 _state = threading.local()
@@ -87,9 +90,38 @@ def _check_backend_name(name: str) -> None:
         raise ValueError(f"selective_scan: unknown backend {name!r}; accepted values: {list(BACKENDS)}")
 
 
+_cuda_ext_error_cache: List[str] = []
+
+
+def _cuda_ext_error() -> str:
+    """Why mamba-ssm's compiled Mamba-1 kernel is unusable ("" when it imports; cached). Newer mamba-ssm
+    sources build without the ``selective_scan_cuda`` extension: the package then imports and the scan
+    fails only when called, so the extension itself is imported here."""
+    if not _cuda_ext_error_cache:
+        err = ""
+        if importlib.util.find_spec("mamba_ssm") is None:
+            err = "mamba-ssm is not installed"
+        else:
+            try:
+                import selective_scan_cuda  # noqa: F401  (mamba-ssm's compiled extension)
+            except Exception as e:  # ImportError, undefined-symbol OSError, ...
+                err = f"mamba-ssm's compiled extension selective_scan_cuda does not import ({type(e).__name__}: {e})"
+        _cuda_ext_error_cache.append(err)
+    return _cuda_ext_error_cache[0]
+
+
 @torch.compiler.assume_constant_result
 def _cuda_available() -> bool:
-    return torch.cuda.is_available() and importlib.util.find_spec("mamba_ssm") is not None
+    return torch.cuda.is_available() and _cuda_ext_error() == ""
+
+
+@torch.compiler.assume_constant_result
+def _triton_available() -> bool:
+    """triton imports (it ships with torch's CUDA wheels); the kernels also need CUDA tensors, or the
+    interpreter (``TRITON_INTERPRET=1``) for CPU tensors."""
+    from .scan_triton import is_available
+
+    return is_available()
 
 
 @torch.compiler.assume_constant_result
@@ -116,7 +148,13 @@ def available_backends() -> List[str]:
         out.append("cuda")
     if _cpu_available():
         out.append("cpu")
-    return out + ["torch", "ref"]
+    out += ["torch", "ref"]
+    if _triton_available():
+        from .scan_triton import interpret_requested
+
+        if torch.cuda.is_available() or interpret_requested():
+            out.append("triton")
+    return out
 
 
 def _backend_fn(name: str) -> Callable:
@@ -132,6 +170,10 @@ def _backend_fn(name: str) -> Callable:
         from .scan_cuda import selective_scan_cuda
 
         return selective_scan_cuda
+    if name == "triton":
+        from .scan_triton import selective_scan_triton
+
+        return selective_scan_triton
     raise AssertionError(name)
 
 
@@ -147,7 +189,9 @@ def resolve_backend(backend: str, u: Tensor) -> str:
             return "torch"
         else:
             if u.is_cuda:
-                return "cuda" if _cuda_available() else "torch"
+                if _cuda_available():
+                    return "cuda"
+                return "triton" if _triton_available() and u.dtype != torch.float64 else "torch"
             if u.device.type == "cpu" and u.dtype != torch.float64:
                 if _cpu_available():
                     return "cpu"
@@ -161,10 +205,11 @@ def resolve_backend(backend: str, u: Tensor) -> str:
                     )
             return "torch"
     if backend == "cuda":
-        if importlib.util.find_spec("mamba_ssm") is None:
+        if _cuda_ext_error():
             raise RuntimeError(
-                "selective_scan: backend 'cuda' needs mamba-ssm (pip install 'open-clip-mamba[cuda]' "
-                "on a CUDA machine); available backends: " + str(available_backends())
+                "selective_scan: backend 'cuda' needs mamba-ssm's compiled kernel (pip install "
+                f"'open-clip-mamba[cuda]' on a CUDA machine): {_cuda_ext_error()}; available backends: "
+                + str(available_backends())
             )
         if not u.is_cuda:
             raise RuntimeError(f"selective_scan: backend 'cuda' needs CUDA tensors, got device {u.device}")
@@ -178,6 +223,15 @@ def resolve_backend(backend: str, u: Tensor) -> str:
             )
         if not _cpu_available():
             raise RuntimeError(f"selective_scan: backend 'cpu' is unavailable: {_cpu_build_error()}")
+    elif backend == "triton":
+        from .scan_triton import check_device
+
+        check_device(u)  # raises naming the device and the accepted values
+        if u.dtype == torch.float64:
+            raise ValueError(
+                "selective_scan: backend 'triton' computes in float32 and accepts u of dtype float16, "
+                "bfloat16 or float32, got float64; use backend 'torch' or 'ref' for float64"
+            )
     return backend
 
 

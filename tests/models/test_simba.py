@@ -11,8 +11,11 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from mamba_clip.models.simba import EinFFT, SiMBA
+from mamba_clip.models.simba import MODEL_ARGS, EinFFT, SiMBA
 from mamba_clip.ops import scan_backend
+
+NANO_DIMS = MODEL_ARGS["simba_nano"]["embed_dims"]  # stage widths of simba_nano
+NANO_C = NANO_DIMS[-1]
 
 # The issue's table: hyper-parameters and exact trunk parameter counts (no head).
 VARIANTS = {
@@ -75,7 +78,8 @@ def test_trunk_parameter_count_exact(name):
 def test_einfft_parameter_count(name):
     if name == "simba_nano":
         model = _nano(num_classes=0, channel_mixer="einfft")
-        a = dict(stem=8, dims=(16, 32, 48, 64), depths=(1, 1, 2, 1), d_state=8)
+        n = MODEL_ARGS["simba_nano"]
+        a = dict(stem=n["stem_hidden_dim"], dims=n["embed_dims"], depths=n["depths"], d_state=n["d_state"])
     else:
         model = _big(name, "einfft")
         v = VARIANTS[name]
@@ -88,7 +92,7 @@ def test_einfft_parameter_count(name):
 
 
 def test_nano_is_small():
-    assert _n_params(_nano(num_classes=0)) < 1_000_000
+    assert 500_000 < _n_params(_nano(num_classes=0)) < 1_500_000
 
 
 # ------------------------------------------------------------------------ checkpoint key layout
@@ -119,7 +123,7 @@ def test_forward_shapes_nano(size):
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         feats = m.forward_features(x)
-        assert feats.shape == (2, size // 32, size // 32, 64)
+        assert feats.shape == (2, size // 32, size // 32, NANO_C)
         assert m.forward_head(feats, pre_logits=True).shape == (2, m.num_features)
         out = m(x)
     assert out.shape == (2, 10) and torch.isfinite(out).all()
@@ -135,7 +139,7 @@ def test_forward_full_size_s_at_256():
 def test_non_square_and_384():
     m = _nano(num_classes=0).eval()
     with torch.no_grad():
-        assert m.forward_features(torch.randn(1, 3, 384, 320)).shape == (1, 12, 10, 64)
+        assert m.forward_features(torch.randn(1, 3, 384, 320)).shape == (1, 12, 10, NANO_C)
 
 
 @pytest.mark.parametrize("size", [(225, 224), (224, 200), (100, 100)])
@@ -159,9 +163,9 @@ def test_bad_arguments_raise():
 def test_head_pools_the_mean_token_only():
     """The class block sees only the mean of the stage-4 tokens: permuting tokens changes nothing."""
     m = _nano(num_classes=0).eval()
-    feats = torch.randn(2, 7, 7, 64)
+    feats = torch.randn(2, 7, 7, NANO_C)
     perm = torch.randperm(49)
-    shuffled = feats.reshape(2, 49, 64)[:, perm].reshape(2, 7, 7, 64)
+    shuffled = feats.reshape(2, 49, NANO_C)[:, perm].reshape(2, 7, 7, NANO_C)
     with torch.no_grad():
         torch.testing.assert_close(m.forward_head(feats), m.forward_head(shuffled), rtol=1e-5, atol=1e-6)
 
@@ -256,16 +260,16 @@ def test_grad_checkpointing_same_output_and_grads(backend):
 # ------------------------------------------------------------------------------- timm surface
 def test_timm_surface():
     m = _nano()
-    assert m.num_features == 64 and m.default_cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN
+    assert m.num_features == NANO_C and m.default_cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN
     assert m.default_cfg["std"] == timm.data.IMAGENET_DEFAULT_STD
     assert m.pretrained_cfg["architecture"] == "simba_nano"
     assert m.get_classifier().out_features == 1000
     m.reset_classifier(7)
     assert m(torch.randn(1, 3, 64, 64)).shape == (1, 7)
     m.reset_classifier(0)
-    assert m(torch.randn(1, 3, 64, 64)).shape == (1, 64)
+    assert m(torch.randn(1, 3, 64, 64)).shape == (1, NANO_C)
     m.reset_classifier(0, global_pool="")
-    assert m(torch.randn(1, 3, 64, 64)).shape == (1, 2, 2, 64)
+    assert m(torch.randn(1, 3, 64, 64)).shape == (1, 2, 2, NANO_C)
     assert set(timm.list_models("simba_*")) >= {"simba_s", "simba_b", "simba_l", "simba_nano"}
 
 
@@ -274,13 +278,14 @@ def test_forward_intermediates_and_features_only():
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         final, feats = m.forward_intermediates(x)
-        assert [f.shape for f in feats] == [(1, 16, 32, 32), (1, 32, 16, 16), (1, 48, 8, 8), (1, 64, 4, 4)]
+        assert [f.shape for f in feats] == [(1, c, 128 // s, 128 // s) for c, s in zip(NANO_DIMS, (4, 8, 16, 32))]
         torch.testing.assert_close(final, m.forward_features(x))
         fo = timm.create_model("simba_nano", features_only=True, out_indices=(1, 3)).eval()
         missing, unexpected = fo.model.load_state_dict(m.state_dict(), strict=False)
         assert not unexpected and all(k.startswith("head.") for k in missing)
         outs = fo(x)
-    assert [o.shape[1] for o in outs] == [32, 64] and fo.feature_info.channels() == [32, 64]
+    want = [NANO_DIMS[1], NANO_DIMS[3]]
+    assert [o.shape[1] for o in outs] == want and fo.feature_info.channels() == want
     torch.testing.assert_close(outs[1], feats[3])
 
 
@@ -402,7 +407,7 @@ def _mamba_ssm_forward(sd, x, d_state):
 @pytest.mark.parametrize("name", ["simba_s", "simba_nano"])
 def test_token_mixer_has_mamba_ssm_layout(name):
     m = _big(name) if name != "simba_nano" else _nano()
-    dims = VARIANTS[name]["dims"] if name != "simba_nano" else (16, 32, 48, 64)
+    dims = VARIANTS[name]["dims"] if name != "simba_nano" else NANO_DIMS
     d_state = 64 if name != "simba_nano" else 8
     for i, d in enumerate(dims):
         mixer = getattr(m, f"block{i + 1}")[0].attn.mamba

@@ -8,9 +8,10 @@ import open_clip
 import pytest
 import torch
 
-from mamba_clip.openclip_ext.registry import config_dir
+from mamba_clip.models.simba import MODEL_ARGS
+from mamba_clip.openclip_ext.configs import config_dir
 
-TRUNK_WIDTH = {"simba-s": 448, "simba-b": 512, "simba-l": 512, "simba-nano": 64}
+TRUNK_WIDTH = {"simba-s": 448, "simba-b": 512, "simba-l": 512, "simba-nano": MODEL_ARGS["simba_nano"]["embed_dims"][-1]}
 DROP_PATH = {"simba-s": 0.1, "simba-b": 0.1, "simba-l": 0.3}
 
 
@@ -46,7 +47,7 @@ def test_nano_create_encode():
         img = model.encode_image(torch.randn(2, 3, 224, 224))
         txt = model.encode_text(tok(["a photo of a cat", "a dog"]))
     assert img.shape == (2, 512) and txt.shape == (2, 512)
-    assert model.visual.head.proj.in_features == 64
+    assert model.visual.head.proj.in_features == MODEL_ARGS["simba_nano"]["embed_dims"][-1]
 
 
 def test_nano_short_training_loss_goes_down():

@@ -164,13 +164,13 @@ def test_micro_batched_inference_equals_full_batch(monkeypatch):
     with torch.no_grad(), scan_backend("torch"):
         model.inference_chunk_bytes = 0
         full = model(x)
-        assert calls[0] == (5, 24, 24, 64)  # whole batch, all channels
+        assert calls[0] == (5, 24, 24, 48)  # whole batch, all channels (d_inner = 2 x dim 24)
         calls.clear()
-        # stage 0: MLP map 4 * 32 * 576 * 4 B = 295 kB per image -> one image per chunk; its scan
-        # tensors (590 kB) -> two channel halves
+        # stage 0: MLP map 4 * 24 * 576 * 4 B = 221 kB per image -> one image per chunk; its scan
+        # tensors (4 x 48 x 576 x 4 B = 442 kB) -> two channel halves
         model.inference_chunk_bytes = 300_000
         chunked = model(x)
-    assert calls[:2] == [(1, 24, 24, 32), (1, 24, 24, 32)]
+    assert calls[:2] == [(1, 24, 24, 24), (1, 24, 24, 24)]
     torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
 
 

@@ -110,7 +110,7 @@ def test_fused_path_ignores_channel_chunking(fused_calls):
         fused_calls.clear()
         model.inference_chunk_bytes = 50_000  # micro-batches of one image; no channel split
         chunked = model(x)
-    assert fused_calls[0] == (1, 16, 16, 64)
+    assert fused_calls[0] == (1, 16, 16, 48)  # one image, all d_inner = 2 x 24 channels
     torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
 
 

@@ -42,7 +42,7 @@ def nano():
 
 def test_imagenet_head_matches_manual_computation(nano, stimuli_dir):
     w = nano.text_head()
-    assert w.shape == (64, 1000)
+    assert w.shape == (nano.model.text_projection.shape[1], 1000)  # (embed_dim, classes)
     np.testing.assert_allclose(w.norm(dim=0).numpy(), 1.0, atol=1e-5)
     paths = sorted((stimuli_dir / "edges" / "dog").glob("*.png"))[:3]
     x = nano.load(paths)
@@ -61,7 +61,7 @@ def test_prompt16_head_and_cache(tmp_path, stimuli_dir, monkeypatch):
     dm = CLIPDecisionMaker.from_spec("vit-nano", head="prompts16", templates=2)
     dm.cache_path = tmp_path / "head.pt"
     w = dm.text_head()
-    assert w.shape == (64, 16) and dm.cache_path.is_file()
+    assert w.shape == (dm.model.text_projection.shape[1], 16) and dm.cache_path.is_file()
     scores = dm.scores16_paths(sorted((stimuli_dir / "edges" / "cat").glob("*.png"))[:2])
     assert scores.shape == (2, 16)
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)

@@ -190,11 +190,12 @@ def run_clip_benchmark(
     model: str, checkpoint: str, dataset_root: Path, out_json: Path, *extra: str, dataset: str = "wds/shapes",
     timeout: float = 600, threads: int = 1,
 ) -> subprocess.CompletedProcess:
-    """``clip_benchmark eval`` on a local wds dataset (``dataset_root`` from :func:`write_shapes_wds`)."""
+    """``clip_benchmark eval`` on a local wds dataset (``dataset_root`` from :func:`write_shapes_wds`), fp32
+    (``--no_amp``: on CPU clip_benchmark would otherwise autocast to bfloat16)."""
     cmd = [
         clip_benchmark_exe(), "eval", "--dataset", dataset, "--dataset_root", str(dataset_root),
         "--task", "zeroshot_classification", "--model", model, "--pretrained", str(checkpoint),
-        "--output", str(out_json), "--batch_size", "6", "--num_workers", "0", "--recall_k", "1", "5",
+        "--output", str(out_json), "--batch_size", "6", "--num_workers", "0", "--recall_k", "1", "5", "--no_amp",
         *extra,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=subprocess_env(threads),

@@ -72,3 +72,19 @@ def test_stock_clip_benchmark_cli_on_converted_file(nano_release, tmp_path):
     result = json.loads(out.read_text())
     assert result["model"] == nano_release.name and result["pretrained"] == str(conv)
     assert set(result["metrics"]) >= {"acc1", "mean_per_class_recall"}
+
+
+def test_convert_release_example_writes_both_towers(nano_release, tmp_path):
+    """``examples/convert_release.sh`` as a user runs it: the release file into two safetensors files
+    holding the EMA and the online towers."""
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    proc = subprocess.run(["bash", str(repo / "examples" / "convert_release.sh"), str(nano_release.path),
+                           nano_release.name, str(tmp_path / "out")], capture_output=True, text=True, env=env,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for towers in ("ema", "online"):
+        loaded = ck.load_checkpoint_file(str(tmp_path / "out" / f"{nano_release.name}-{towers}.safetensors"))
+        assert loaded.meta["towers"] == towers
+        for k, v in nano_release.tower(towers).items():
+            assert torch.equal(loaded.state_dict[k], v.reshape(loaded.state_dict[k].shape)), k

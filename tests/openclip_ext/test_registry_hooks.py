@@ -106,3 +106,20 @@ def test_default_preprocessing_is_imagenet_for_our_models_only():
     # stock models are untouched (open_clip's OpenAI defaults)
     stock = open_clip.create_model("vit-nano")
     assert tuple(stock.visual.preprocess_cfg["mean"]) == tuple(open_clip.OPENAI_DATASET_MEAN)
+
+
+def test_conversion_code_does_not_import_the_registry():
+    """The registry (the one module touching open_clip internals) sits on top: the checkpoint
+    conversion and pretrained-tag modules import neither it nor open_clip."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import mamba_clip.openclip_ext.checkpoints as ck, mamba_clip.openclip_ext.pretrained; "
+        "assert 'vmamba-nano' in ck.our_model_names(); "
+        "bad = [m for m in ('mamba_clip.openclip_ext.registry', 'open_clip') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    env = {**__import__("os").environ, "MAMBA_CLIP_NO_AUTOLOAD": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -103,3 +103,25 @@ def test_backend_attribute_and_hvp():
         hv = torch.autograd.grad(sum((g * torch.ones_like(g)).sum() for g in grads), params)
     assert all(torch.isfinite(h).all() for h in hv)
     assert any(h.abs().sum() > 0 for h in hv)
+
+
+def test_fast_path_needs_the_compiled_extension(monkeypatch):
+    """mamba_inner_fn is used only when mamba-ssm's compiled extension really imports: packages that
+    are present but broken (ABI errors, newer sources built without the Mamba-1 kernel) are not enough."""
+    import importlib
+    import importlib.util
+
+    mamba_mod = importlib.import_module("mamba_clip.ops.mamba")
+    ss_mod = importlib.import_module("mamba_clip.ops.selective_scan")  # the module, not the function
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *a):
+        return object() if name in ("mamba_ssm", "causal_conv1d") else real_find_spec(name, *a)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(ss_mod, "_cuda_ext_error_cache", ["selective_scan_cuda does not import (ImportError)"])
+    assert not mamba_mod.mamba_fast_path_available()
+    monkeypatch.setattr(ss_mod, "_cuda_ext_error_cache", [""])
+    assert mamba_mod.mamba_fast_path_available()

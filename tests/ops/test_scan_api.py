@@ -68,8 +68,8 @@ def test_non_tensor_rejected():
 
 
 def test_unknown_backend_lists_accepted():
-    with pytest.raises(ValueError, match="unknown backend 'triton'.*'auto'.*'cpu'.*'ref'"):
-        selective_scan(**_inp(), backend="triton")
+    with pytest.raises(ValueError, match="unknown backend 'fast'.*'auto'.*'cpu'.*'ref'.*'triton'"):
+        selective_scan(**_inp(), backend="fast")
     with pytest.raises(ValueError, match="accepted values"):
         with scan_backend("fast"):
             pass
@@ -89,7 +89,7 @@ def test_cpu_backend_rejects_float64_with_hint():
 
 def test_auto_dispatch():
     assert set(available_backends()) >= {"cpu", "torch", "ref"}
-    assert BACKENDS == ("auto", "cuda", "cpu", "torch", "ref")
+    assert BACKENDS == ("auto", "cuda", "cpu", "torch", "ref", "triton")
     u = torch.zeros(1, 1, 1)
     assert resolve_backend("auto", u) == "cpu"
     assert resolve_backend("auto", u.double()) == "torch"

@@ -69,8 +69,14 @@ class ModelVsHumanCLIP:
         size = getattr(getattr(self.dm.model, "visual", None), "image_size", None)
         size = size[0] if isinstance(size, (tuple, list)) else size
         if size and x.shape[-1] != size:
-            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
-        x = (x.clamp(0, 1) - self._clip_mean) / self._clip_std
+            # another input size: resize exactly as the model's own preprocessing does (PIL, antialiased),
+            # from the 8-bit images model-vs-human loaded
+            from PIL import Image
+
+            pix = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            x = torch.stack([self.dm.preprocess(Image.fromarray(p)) for p in pix])
+        else:
+            x = (x.clamp(0, 1) - self._clip_mean) / self._clip_std
         feats = self.dm.model.encode_image(x.to(self.dm.device))
         feats = feats / feats.norm(dim=-1, keepdim=True)
         return self.to_numpy(self.dm.logit_scale * feats.float() @ self.dm.text_head())

@@ -101,8 +101,9 @@ def figure1(summary: Dict[str, dict], path: os.PathLike, title: Optional[str] = 
     return out
 
 
-def figure2(summary: Dict[str, dict], path: os.PathLike, title: Optional[str] = None) -> Path:
-    """Accuracy against condition for each parametric dataset, one line per model, humans in black."""
+def figure2(summary: Dict[str, dict], path: os.PathLike, title: Optional[str] = None, chance: float = 1 / 16) -> Path:
+    """Accuracy against condition for each parametric dataset, one line per model, humans in black;
+    a dotted line at ``chance`` (1/16 for the protocol's 16 categories)."""
     plt = _pyplot()
     present = [d for d in PARAMETRIC_DATASETS if any(d in (summary[m].get("accuracy_by_condition") or {})
                                                      for m in summary)]  # fmt: skip
@@ -126,7 +127,7 @@ def figure2(summary: Dict[str, dict], path: os.PathLike, title: Optional[str] = 
             else:
                 style = dict(color=colors[i % len(colors)], lw=1.2, marker="s", ms=4)
             ax.plot(xs, ys, label=m, **style)
-        ax.axhline(1 / 16, color="0.5", ls=":", lw=1)
+        ax.axhline(chance, color="0.5", ls=":", lw=1)
         ax.set_xticks(x)
         ax.set_xticklabels(spec.plotting_conditions, fontsize=7, rotation=45 if len(x) > 4 else 0)
         ax.set_ylim(0, 1)

@@ -1,0 +1,134 @@
+"""mamba-clip hessian: Hessian max-eigenvalue spectra of a CLIP model's loss, and their plot.
+
+    mamba-clip hessian --model M [--pretrained P] --data DIR|CSV --out RUN [--loss zeroshot|clip]
+                       [--params image|text|all|REGEX] [--n-samples 3000] [--batch-size 15] [--k 5]
+                       [--image-size PX] [--method power|lanczos] [--max-iter 100] [--tol 1e-3] [--seed 0]
+    mamba-clip hessian plot RUN [RUN ...] --out fig.png [--labels NAME ...] [--title T]
+
+The first form writes RUN/eigenvalues.json and .npz after every batch and resumes from them; the
+second draws the Figure-3-style plot from saved runs (write the run folders first, then ``--out``).
+Heavy imports (torch, open_clip, matplotlib) happen inside the commands, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "hessian",
+        help="Hessian max-eigenvalue spectra of the loss (Figure 3); 'hessian plot RUN... --out F' plots them",
+        description=__doc__.split("\n")[0],
+        epilog="Plot form: mamba-clip hessian plot RUN [RUN ...] --out fig.png [--labels ...] [--title ...]",
+    )
+    p.add_argument("runs", nargs="*", metavar="plot RUN",
+                   help="with the word 'plot' first: run folders to plot (then --out is the figure)")
+    p.add_argument("--model", help="open_clip model name (vmamba-nano, simba-s, vit-nano, ...)")
+    p.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint path (default: random init)")
+    p.add_argument("--data", help="ImageFolder (zero-shot loss; classes from folder names) or open_clip CSV "
+                                  "(filepath, title)")
+    p.add_argument("--out", required=True, help="run folder (compute) or figure file (plot)")
+    p.add_argument("--loss", choices=("zeroshot", "clip"), default=None,
+                   help="default: zeroshot for an ImageFolder, clip for a CSV")
+    p.add_argument("--params", default="image", help="image (default), text, all, or a regular expression "
+                                                     "on parameter names")
+    p.add_argument("--n-samples", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=15)
+    p.add_argument("--k", type=int, default=5, help="eigenvalues per batch (largest magnitude, signed)")
+    p.add_argument("--image-size", type=int, default=None, help="force the model's image size (default: "
+                                                                "its config)")
+    p.add_argument("--method", choices=("power", "lanczos"), default="power",
+                   help="power: PyHessian power iteration (Park & Kim); lanczos: ours, fewer products")
+    p.add_argument("--max-iter", type=int, default=100)
+    p.add_argument("--tol", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--templates", default="simple", help="'simple' (7), 'openai' (80) or a number n")
+    p.add_argument("--label", default=None, help="model name in the run file and plots (default: --model)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--labels", nargs="+", default=None, help="plot: one label per run")
+    p.add_argument("--title", default=None, help="plot: figure title")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_main)
+    return p
+
+
+def _main(args) -> int:
+    if args.runs:
+        if args.runs[0] != "plot":
+            print(f"error: unexpected argument {args.runs[0]!r}; the only positional form is "
+                  "'mamba-clip hessian plot RUN... --out fig.png'", file=sys.stderr)
+            return 2
+        return _plot(args)
+    missing = [o for o, v in (("--model", args.model), ("--data", args.data)) if not v]
+    if missing:
+        print(f"error: mamba-clip hessian needs {' and '.join(missing)} (or: hessian plot RUN... --out F)",
+              file=sys.stderr)
+        return 2
+    return _run(args)
+
+
+def _plot(args) -> int:
+    from .plot import plot_spectra
+    from .spectrum import load_runs
+
+    runs = args.runs[1:]
+    if not runs:
+        print("error: hessian plot needs at least one run folder", file=sys.stderr)
+        return 2
+    try:
+        specs = load_runs(runs)
+        out = plot_spectra(specs, args.out, labels=args.labels, title=args.title)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for s in specs:
+        m = s.summary()
+        print(f"{m['label']:24s} {m['n_values']:6d} eigenvalues, {m['n_negative']:5d} negative, "
+              f"max {m['max']:.4g}, min {m['min']:.4g}{'' if m['complete'] else ' (incomplete)'}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _templates(value: str):
+    return int(value) if value.isdigit() else value
+
+
+def _run(args) -> int:
+    from pathlib import Path
+
+    import open_clip
+    import torch
+
+    import mamba_clip  # noqa: F401  (registers the model configs)
+
+    from .spectrum import hessian_spectrum
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = Path(args.data)
+    if not data.exists():
+        print(f"error: --data {data} does not exist", file=sys.stderr)
+        return 2
+    loss = args.loss or ("zeroshot" if data.is_dir() else "clip")
+    kw = {"force_image_size": args.image_size} if args.image_size else {}
+    model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=args.pretrained,
+                                                                 device=args.device, **kw)
+    tokenizer = open_clip.get_tokenizer(args.model)
+    try:
+        spec = hessian_spectrum(
+            model, data, loss=loss, n_samples=args.n_samples, batch_size=args.batch_size, k=args.k,
+            params=args.params, templates=_templates(args.templates), tokenizer=tokenizer, seed=args.seed,
+            progress=not args.no_progress, out_dir=args.out, max_iter=args.max_iter, tol=args.tol,
+            method=args.method, label=args.label or args.model, transform=preprocess, device=args.device,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    m = spec.summary()
+    print(f"{m['label']}: {m['n_values']} eigenvalues from {m['n_batches']} batches, {m['n_negative']} negative, "
+          f"max {m['max']:.4g}, min {m['min']:.4g}, {m['seconds_per_batch']:.2f} s/batch")
+    print(f"wrote {Path(args.out) / 'eigenvalues.json'}")
+    return 0

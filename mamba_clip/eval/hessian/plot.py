@@ -1,0 +1,85 @@
+"""The Figure-3-style plot of Hessian max-eigenvalue spectra (Park & Kim 2022, Fig. 3 / 4).
+
+Two panels sharing the y axis: negative eigenvalues on the left (x = |lambda| on a log scale,
+increasing to the left, labelled as negative numbers), positive ones on the right (log scale). Each
+model is one step histogram over shared log-spaced bins, as the fraction of all its eigenvalues, so
+models with different numbers of batches compare; the legend gives each model's count of negative
+values (non-convexity) and its largest magnitude (sharpness).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from .spectrum import HessianSpectrum, load_runs
+
+
+def plot_spectra(runs: Sequence[Union[str, os.PathLike, HessianSpectrum, dict]], out: Union[str, os.PathLike],
+                 labels: Optional[Sequence[str]] = None, title: Optional[str] = None, bins: int = 40) -> Path:
+    """Draw the spectra of ``runs`` (run folders, ``eigenvalues.json`` files or
+    :class:`HessianSpectrum` objects) into ``out`` (PNG, PDF, SVG by extension; written atomically).
+    Returns ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    specs = load_runs(runs)
+    if not specs:
+        raise ValueError("plot_spectra: no runs given")
+    if labels is not None and len(labels) != len(specs):
+        raise ValueError(f"plot_spectra: {len(labels)} labels for {len(specs)} runs")
+    names = list(labels) if labels is not None else [s.label for s in specs]
+    mags = np.concatenate([np.abs(s.values[s.values != 0]) for s in specs] + [np.zeros(0)])
+    if mags.size == 0:
+        raise ValueError("plot_spectra: the runs hold no non-zero eigenvalues")
+    lo, hi = np.log10(mags.min()), np.log10(mags.max())
+    if hi - lo < 1:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.logspace(lo - 0.05, hi + 0.05, bins + 1)
+
+    fig, (axn, axp) = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True, gridspec_kw={"wspace": 0.04})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (s, name) in enumerate(zip(specs, names)):
+        v = s.values
+        c = colors[i % len(colors)]
+        n = max(v.size, 1)
+        for ax, part in ((axn, -v[v < 0]), (axp, v[v > 0])):
+            h, _ = np.histogram(part, bins=edges)
+            ax.stairs(h / n, edges, color=c, lw=1.6)
+        peak = v[np.argmax(np.abs(v))] if v.size else float("nan")
+        axp.plot([], [], color=c, lw=1.6, label=f"{name}: {s.n_negative}/{v.size} negative, max |λ| {abs(peak):.3g}")
+    for ax in (axn, axp):
+        ax.set_xscale("log")
+        ax.set_xlim(edges[0], edges[-1])
+        ax.grid(alpha=0.3, which="both", lw=0.5)
+    axn.invert_xaxis()
+    axn.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"$-10^{{{np.log10(x):.0f}}}$"))
+    axn.set_xlabel("negative eigenvalues")
+    axp.set_xlabel("positive eigenvalues")
+    axn.set_ylabel("fraction of eigenvalues")
+    handles, texts = axp.get_legend_handles_labels()
+    fig.legend(handles, texts, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(2, len(texts)), frameon=False)  # below the panels: never over the data
+    k = specs[0].settings.get("k", "?")
+    fig.suptitle(title or f"Hessian max-eigenvalue spectra (top-{k} per batch)", fontsize=10)
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix or ".png", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out

@@ -1,0 +1,322 @@
+"""Hessian max-eigenvalue spectra over a data set (Park & Kim 2022, Fig. 3; the report's Figure 3):
+``n_samples`` images in batches of ``batch_size``, the top-``k`` eigenvalues of each batch's loss,
+pooled into one spectrum per model. :func:`hessian_spectrum` runs it, optionally into a run folder
+that makes it resumable:
+
+    RUN/eigenvalues.json   settings, seed, one entry per finished batch (eigenvalues, images, seconds,
+                           Hessian-vector products), written atomically after every batch
+    RUN/eigenvalues.npz    the same numbers as arrays (eigenvalues (batches, k), batch_index,
+                           n_images, seconds, n_hvp), written atomically with it
+
+A rerun with the same settings skips the finished batches; other settings raise an error naming the
+differences. Each batch goes through :func:`~.eigen.hessian_top_eigen` (PyHessian power iteration or
+our Lanczos, see there); the seed of batch ``i`` is ``seed + i``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import as_dataset, count_batches, iter_batches
+from .eigen import _check_args, hessian_top_eigen
+from .losses import (
+    LOSSES,
+    CLIPLoss,
+    ZeroShotLoss,
+    class_prototypes,
+    default_tokenizer,
+    format_template,
+    resolve_templates,
+)
+from .params import describe, select_parameters
+
+FORMAT = "mamba_clip.hessian.eigenvalues/1"
+JSON_NAME = "eigenvalues.json"
+NPZ_NAME = "eigenvalues.npz"
+# settings that define the computation: a resumed run must agree on all of them
+KEY_SETTINGS = ("loss", "params", "n_params", "k", "max_iter", "tol", "method", "seed", "batch_size",
+                "n_samples", "data", "n_data", "image_shape", "classnames", "templates", "logit_scale")
+
+
+@dataclass
+class HessianSpectrum:
+    """Per-batch top-k eigenvalues of one model (one run)."""
+
+    label: str
+    eigenvalues: np.ndarray  # (n_batches, k) float64, each row by decreasing magnitude
+    n_images: np.ndarray  # (n_batches,)
+    seconds: np.ndarray  # (n_batches,) wall time per batch
+    n_hvp: np.ndarray  # (n_batches,) Hessian-vector products per batch
+    batch_index: np.ndarray  # (n_batches,)
+    settings: dict = field(default_factory=dict)
+    complete: bool = True
+
+    @property
+    def values(self) -> np.ndarray:
+        """All eigenvalues pooled (the spectrum)."""
+        return self.eigenvalues.reshape(-1)
+
+    @property
+    def n_negative(self) -> int:
+        return int((self.values < 0).sum())
+
+    def summary(self) -> dict:
+        v = self.values
+        return {"label": self.label, "n_batches": int(len(self.eigenvalues)), "n_values": int(v.size),
+                "n_negative": self.n_negative, "max": float(v.max()) if v.size else None,
+                "min": float(v.min()) if v.size else None,
+                "median_abs": float(np.median(np.abs(v))) if v.size else None,
+                "seconds_per_batch": float(np.median(self.seconds)) if v.size else None,
+                "complete": self.complete}
+
+    @classmethod
+    def load(cls, run: Union[str, os.PathLike]) -> "HessianSpectrum":
+        """From a run folder (or its ``eigenvalues.json``)."""
+        path = Path(run)
+        if path.is_dir():
+            path = path / JSON_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no Hessian run here (expected RUN/{JSON_NAME})")
+        return _from_record(json.loads(path.read_text()), str(path))
+
+
+def _from_record(rec: dict, where: str = "") -> HessianSpectrum:
+    if rec.get("format") != FORMAT:
+        raise ValueError(f"{where}: not a Hessian eigenvalue file (format {rec.get('format')!r}, "
+                         f"expected {FORMAT!r})")
+    b = sorted(rec["batches"], key=lambda r: r["index"])
+    k = rec["settings"]["k"]
+    return HessianSpectrum(
+        label=rec.get("label") or Path(where).parent.name,
+        eigenvalues=np.array([r["eigenvalues"] for r in b], dtype=np.float64).reshape(len(b), k),
+        n_images=np.array([r["n_images"] for r in b], dtype=np.int64),
+        seconds=np.array([r["seconds"] for r in b], dtype=np.float64),
+        n_hvp=np.array([r["n_hvp"] for r in b], dtype=np.int64),
+        batch_index=np.array([r["index"] for r in b], dtype=np.int64),
+        settings=rec["settings"], complete=bool(rec.get("complete")))
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class RunStore:
+    """The run folder: load, check settings, append one batch at a time (atomic writes)."""
+
+    def __init__(self, out_dir: Union[str, os.PathLike], label: str, settings: dict):
+        self.dir = Path(out_dir)
+        self.record = {"format": FORMAT, "label": label, "settings": settings, "batches": [], "complete": False}
+        path = self.dir / JSON_NAME
+        if path.is_file():
+            old = json.loads(path.read_text())
+            if old.get("format") != FORMAT:
+                raise ValueError(f"{path}: not a Hessian eigenvalue file; choose another output folder")
+            diff = {k: (old["settings"].get(k), settings.get(k)) for k in KEY_SETTINGS
+                    if old["settings"].get(k) != settings.get(k)}
+            if diff:
+                lines = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+                raise ValueError(f"{self.dir} holds a run with other settings ({lines}); use another output "
+                                 "folder or delete it to start again")
+            self.record["batches"] = old["batches"]
+
+    def done(self) -> Dict[int, dict]:
+        return {r["index"]: r for r in self.record["batches"]}
+
+    def add(self, entry: dict) -> None:
+        self.record["batches"] = [r for r in self.record["batches"] if r["index"] != entry["index"]] + [entry]
+        self.record["batches"].sort(key=lambda r: r["index"])
+        self.save()
+
+    def save(self, complete: Optional[bool] = None) -> None:
+        if complete is not None:
+            self.record["complete"] = complete
+        self.record["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        spec = _from_record(self.record, str(self.dir / JSON_NAME))
+        buf = io.BytesIO()
+        np.savez(buf, eigenvalues=spec.eigenvalues, batch_index=spec.batch_index, n_images=spec.n_images,
+                 seconds=spec.seconds, n_hvp=spec.n_hvp)
+        # npz first: a json that lists a batch always has the npz that holds it
+        _atomic_write_bytes(self.dir / NPZ_NAME, buf.getvalue())
+        _atomic_write_bytes(self.dir / JSON_NAME, (json.dumps(self.record, indent=1) + "\n").encode())
+
+
+def _template_names(templates) -> list:
+    return [t if isinstance(t, str) else getattr(t, "__name__", repr(t)) for t in templates]
+
+
+def hessian_spectrum(
+    model: nn.Module,
+    data,
+    loss: Union[str, Callable] = "zeroshot",
+    n_samples: int = 3000,
+    batch_size: int = 15,
+    k: int = 5,
+    params="image",
+    classnames: Optional[Sequence[str]] = None,
+    templates=None,
+    tokenizer=None,
+    seed: int = 0,
+    progress: bool = True,
+    out_dir: Optional[Union[str, os.PathLike]] = None,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    method: str = "power",
+    label: Optional[str] = None,
+    transform: Optional[Callable] = None,
+    logit_scale: Optional[float] = None,
+    device=None,
+) -> HessianSpectrum:
+    """Top-``k`` Hessian eigenvalues of the loss on each of ``ceil(n_samples / batch_size)`` batches.
+
+    Args:
+        model: an open_clip CLIP model (float32), on ``device`` (default: where its parameters are).
+        data: an ImageFolder path, an open_clip CSV path, a map-style dataset of ``(image, target)``,
+            a pair ``(images, targets)``, or an iterable of ready ``(images, targets)`` batches; a
+            target is a class label, a caption or a token tensor (details: :mod:`.data`).
+        loss: ``"zeroshot"`` (cross-entropy against frozen class prototypes from ``classnames`` x
+            ``templates``; needs labels), ``"clip"`` (the contrastive loss on (image, caption) pairs;
+            labels become captions ``templates[j % len(templates)].format(classnames[label])`` for the
+            j-th sample) or a callable ``loss_fn(model, (images, targets))``.
+        params: ``"image"`` (default), ``"text"``, ``"all"``, a regular expression on parameter names,
+            or an iterable of parameters. The logit scale is fixed at the model's value
+            (``logit_scale`` overrides it).
+        classnames: class names for labels (default: the ImageFolder's folder names).
+        templates: prompt templates (default: open_clip's 7 "simple" ImageNet templates; "openai" for
+            the 80; a list of format strings).
+        tokenizer: default open_clip's BPE tokenizer at the model's context length.
+        k, max_iter, tol, method, seed: as :func:`~.eigen.hessian_top_eigenvalues` (batch ``i`` uses
+            ``seed + i``; ``seed`` also draws the samples).
+        out_dir: run folder (resumable, see the module docstring); ``label`` names the model in it
+            and in plots.
+
+    Returns:
+        :class:`HessianSpectrum` (``.eigenvalues`` (batches, k), ``.values`` pooled, ``.n_negative``).
+    """
+    from tqdm import tqdm
+
+    _check_args(k, max_iter, tol, method)
+    if n_samples < 1 or batch_size < 1:
+        raise ValueError(f"n_samples and batch_size must be >= 1, got {n_samples}, {batch_size}")
+    if isinstance(loss, str) and loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES} or a callable, got {loss!r}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    dataset = as_dataset(data, transform, model)
+    if classnames is None and dataset is not None:
+        classnames = getattr(dataset, "classnames", None)
+    classnames = list(classnames) if classnames is not None else None
+    temps = resolve_templates(templates)
+    tokenizer = tokenizer or default_tokenizer(model)
+    named = select_parameters(model, params)
+    plist = [p for _, p in named]
+    scale = None
+    if loss == "zeroshot":
+        if not classnames:
+            raise ValueError("loss='zeroshot' needs class names: pass classnames=... (or an ImageFolder)")
+        prototypes = class_prototypes(model, classnames, temps, tokenizer, device)
+        scale = float(logit_scale) if logit_scale is not None else None
+        loss_fn = ZeroShotLoss(prototypes, scale if scale is not None else CLIPLoss.for_model(model).logit_scale)
+        scale = loss_fn.logit_scale
+    elif loss == "clip":
+        loss_fn = CLIPLoss.for_model(model, logit_scale)
+        scale = loss_fn.logit_scale
+    else:
+        loss_fn = loss
+    if label is None:
+        label = getattr(model, "name", None) or type(model).__name__
+    n_planned = count_batches(data, dataset, n_samples, batch_size)
+    settings = {
+        "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", repr(loss)),
+        "params": params if isinstance(params, str) or params is None else "custom",
+        "n_params": describe(named)["n_scalars"], "param_names": describe(named)["names"],
+        "k": k, "max_iter": max_iter, "tol": tol, "method": method, "seed": seed,
+        "batch_size": batch_size if dataset is not None else None, "n_samples": n_samples,
+        "data": str(Path(data).resolve()) if isinstance(data, (str, os.PathLike)) else type(data).__name__,
+        "n_data": len(dataset) if dataset is not None else None, "n_batches": n_planned,
+        "image_shape": None, "classnames": classnames, "templates": _template_names(temps),
+        "logit_scale": scale, "dtype": str(plist[0].dtype).replace("torch.", ""), "device": str(device),
+        "torch": torch.__version__, "host": platform.node(), "threads": torch.get_num_threads(),
+    }
+    if dataset is not None and len(dataset):
+        settings["image_shape"] = list(dataset[0][0].shape)
+    store = RunStore(out_dir, label, settings) if out_dir is not None else None
+    done = store.done() if store is not None else {}
+    results = dict(done)
+    with tqdm(total=n_planned, desc=f"Hessian {label}", unit="batch", disable=not progress,
+              initial=len(done)) as bar:
+        for batch in iter_batches(data, dataset, n_samples, batch_size, seed, skip=lambda i: i in done):
+            targets = _prepare_targets(batch, loss, classnames, temps, tokenizer)
+            images = batch.images.to(device=device, dtype=plist[0].dtype)
+            if isinstance(targets, torch.Tensor):
+                targets = targets.to(device)
+            res = hessian_top_eigen(model, loss_fn, (images, targets), k=k, max_iter=max_iter, tol=tol,
+                                    params=plist, seed=seed + batch.index, method=method)
+            entry = {"index": batch.index, "n_images": int(len(images)),
+                     "eigenvalues": [float(v) for v in res.eigenvalues], "seconds": round(res.seconds, 4),
+                     "n_hvp": res.n_hvp}
+            results[batch.index] = entry
+            if store is not None:
+                store.add(entry)
+            bar.update(1)
+            bar.set_postfix(top=f"{entry['eigenvalues'][0]:.3g}")
+    if store is not None:
+        store.save(complete=True)
+        return HessianSpectrum.load(store.dir)
+    rec = {"format": FORMAT, "label": label, "settings": settings, "complete": True,
+           "batches": [results[i] for i in sorted(results)]}
+    return _from_record(rec, "")
+
+
+def _prepare_targets(batch, loss, classnames, templates, tokenizer):
+    t = batch.targets
+    is_labels = isinstance(t, torch.Tensor) and t.dim() == 1 and not t.is_floating_point()
+    if loss == "zeroshot":
+        if not is_labels:
+            raise ValueError("loss='zeroshot' needs integer class labels as targets, got "
+                             f"{type(t).__name__}; use loss='clip' for captions")
+        return t.long()
+    if loss == "clip":
+        if is_labels:
+            if not classnames:
+                raise ValueError("loss='clip' with labels needs classnames to build captions from templates")
+            t = [format_template(templates[(batch.first + j) % len(templates)], classnames[int(y)])
+                 for j, y in enumerate(t.tolist())]
+        if isinstance(t, list):
+            return tokenizer(t)
+        if isinstance(t, torch.Tensor) and t.dim() == 2:
+            return t.long()
+        raise ValueError(f"loss='clip' needs captions, token tensors or labels as targets, got {type(t).__name__}")
+    return t
+
+
+def load_runs(runs: Sequence[Union[str, os.PathLike, HessianSpectrum, dict]]) -> List[HessianSpectrum]:
+    out = []
+    for r in runs:
+        if isinstance(r, HessianSpectrum):
+            out.append(r)
+        elif isinstance(r, dict):
+            out.append(_from_record(r, "<dict>"))
+        else:
+            out.append(HessianSpectrum.load(r))
+    return out
