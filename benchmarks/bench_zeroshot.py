@@ -43,7 +43,7 @@ SHARED = Path(os.environ.get("MAMBA_CLIP_SHARED", REPO.parent / "shared"))
 TARGET = 0.85
 
 
-def make_dataset(tmp: Path, per_class: int) -> Path:
+def make_dataset(tmp: Path, per_class: int, repeat: int = 1) -> Path:
     import shutil
 
     from mamba_clip.eval.zeroshot.wds import make_wds
@@ -54,7 +54,8 @@ def make_dataset(tmp: Path, per_class: int) -> Path:
         for c in sorted(p.name for p in stimuli.iterdir() if p.is_dir()):
             (src / c).mkdir(parents=True)
             for f in sorted((stimuli / c).iterdir())[:per_class]:
-                shutil.copy(f, src / c / f.name)
+                for r in range(repeat):  # copies: a longer run, so per-dataset set-up is amortised as in real sets
+                    shutil.copy(f, src / c / f"{f.stem}-{r}{f.suffix}")
     else:  # synthetic stand-in: 16 classes of noise PNGs, 224 px
         import numpy as np
         from PIL import Image
@@ -62,7 +63,7 @@ def make_dataset(tmp: Path, per_class: int) -> Path:
         rng = np.random.default_rng(0)
         for c in range(16):
             (src / f"class{c:02d}").mkdir(parents=True)
-            for i in range(per_class):
+            for i in range(per_class * repeat):
                 pixels = rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(src / f"class{c:02d}" / f"{i}.png")
     root = tmp / "data"
@@ -129,6 +130,9 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--modes", nargs="+", default=["all", "1"], help="torch threads per mode: 'all' or a number")
     p.add_argument("--per-class", type=int, default=4, help="images per class (16 classes)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="copies of each image (a longer dataset amortises the per-dataset set-up: worker start, "
+                   "shard listing, class embeddings)")
     p.add_argument("--out", default=str(RESULTS / "bench_zeroshot.json"))
     args = p.parse_args(argv)
     default_threads = torch.get_num_threads()
@@ -138,11 +142,11 @@ def main(argv=None) -> int:
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "torch_default_threads": default_threads, "torch": torch.__version__},
         "settings": {"rounds": args.rounds, "batch_size": args.batch_size, "workers": args.workers,
-                     "per_class": args.per_class},
+                     "per_class": args.per_class, "repeat": args.repeat},
         "modes": {},
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench_zeroshot_", dir=os.environ.get("BENCH_TMP")) as tmp:
-        root = make_dataset(Path(tmp), args.per_class)
+        root = make_dataset(Path(tmp), args.per_class, args.repeat)
         try:
             for mode in args.modes:
                 threads = default_threads if mode == "all" else int(mode)
