@@ -23,6 +23,8 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from mamba_clip.fileio import atomic_write_text
+
 CLASSNAMES: Tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 # Training captions: ``{c}`` is the class name ("seven"), ``{d}`` the numeral ("7").
@@ -100,24 +102,18 @@ def write_digits(out: os.PathLike, size: int = 32, test_fraction: float = 0.25, 
         _to_image(images[i], size).save(path)
         caption = rng.choice(CAPTION_TEMPLATES).format(c=CLASSNAMES[c], d=c)
         rows.append(f"{path.resolve()}\t{caption}")
-    _atomic_text(out / "train.csv", "\n".join(rows) + "\n")
+    atomic_write_text(out / "train.csv", "\n".join(rows) + "\n")
     for i in test:
         c = int(labels[i])
         folder = out / "test" / CLASSNAMES[c]
         folder.mkdir(parents=True, exist_ok=True)
         _to_image(images[i], size).save(folder / f"{i:04d}.png")
-    _atomic_text(out / "zeroshot_templates.txt", "\n".join(ZEROSHOT_TEMPLATES) + "\n")
+    atomic_write_text(out / "zeroshot_templates.txt", "\n".join(ZEROSHOT_TEMPLATES) + "\n")
     manifest = {
         "settings": settings, "n_train": len(train), "n_test": len(test), "classnames": list(CLASSNAMES),
         "train_csv": str((out / "train.csv").resolve()), "test_dir": str((out / "test").resolve()),
         "templates_file": str((out / "zeroshot_templates.txt").resolve()),
         "test_counts": {CLASSNAMES[c]: int(sum(1 for i in test if labels[i] == c)) for c in range(10)},
     }
-    _atomic_text(manifest_path, json.dumps(manifest, indent=2))
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
     return manifest
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -20,10 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory, shared_dir):
-    out = tmp_path_factory.mktemp("demo") / "out"
-    proc = subprocess.run([sys.executable, "-m", "mamba_clip", "demo", "--quick", "--out", str(out), "--shared",
+    work = tmp_path_factory.mktemp("demo")
+    out = work / "out"
+    # a relative --out, as `make demo` passes it
+    proc = subprocess.run([sys.executable, "-m", "mamba_clip", "demo", "--quick", "--out", "out", "--shared",
                            str(shared_dir), "--no-progress"], capture_output=True, text=True, timeout=1200,
-                          cwd=str(REPO))  # fmt: skip
+                          cwd=str(work))  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return out, proc.stdout
 
@@ -35,7 +37,7 @@ def _rows(path: Path):
 
 def test_quick_demo_report_files(quick_run):
     out, stdout = quick_run
-    assert stdout.rstrip().splitlines()[-1] == f"report: {out / 'report.md'}"
+    assert stdout.rstrip().splitlines()[-1] == f"report: {Path('out') / 'report.md'}"
     report = json.loads((out / "report.json").read_text())
     for m in MODELS:
         assert 0.0 <= report["zeroshot"][m]["acc1"] <= 1.0

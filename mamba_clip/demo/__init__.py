@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-from .study import DEFAULTS, MODELS, STEPS, settings, write_json
+from mamba_clip.fileio import atomic_write_json as write_json
+
+from .study import DEFAULTS, MODELS, STEPS, settings
 
 __all__ = ["run_demo", "add_parser", "STEPS", "MODELS"]
 

@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from mamba_clip.fileio import atomic_write_text
+
 
 def _pyplot():
     import matplotlib
@@ -17,12 +19,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def plot_losses(path: Path, curves: Dict[str, List[float]]) -> None:
@@ -214,10 +210,10 @@ def write_report(out: Path, report: Dict) -> Path:
 
     tabs = tables(report)
     for name, rows in tabs.items():
-        _atomic_text(out / f"{name}.csv", _csv(rows, list(rows[0])))
+        atomic_write_text(out / f"{name}.csv", _csv(rows, list(rows[0])))
     summary = dict(report)
     summary["findings"] = findings(report)
-    _atomic_text(out / "report.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "report.json", json.dumps(summary, indent=2))
     md = out / "report.md"
-    _atomic_text(md, render_markdown(report, tabs))
+    atomic_write_text(md, render_markdown(report, tabs))
     return md

@@ -30,12 +30,6 @@ MODELS = ("vmamba-nano", "simba-nano", "vit-nano")
 OOD_DATASETS = ("contrast", "high-pass", "low-pass", "uniform-noise", "phase-scrambling", "rotation")
 
 
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def default_shared() -> Path:
     return Path(os.environ.get("MAMBA_CLIP_SHARED", Path.cwd().parent / "shared"))
 

@@ -80,13 +80,13 @@ def run_stock_trainer(
     A finished run (its weights-only checkpoint present) is not repeated; an unfinished one resumes
     from its latest epoch. Raises ``RuntimeError`` with the log's tail when the trainer fails.
     """
-    logs = Path(logs)
+    logs = Path(logs).resolve()  # the trainer runs with logs as its working directory
     logs.mkdir(parents=True, exist_ok=True)
     run_dir = logs / model
     final = run_dir / f"{model}-final.pt"
     log_file = run_dir / "out.log"
     if not final.is_file():
-        _train(model, Path(train_csv), logs, config, extra, progress)
+        _train(model, Path(train_csv).resolve(), logs, config, extra, progress)
         _strip_checkpoint(run_dir / "checkpoints" / f"epoch_{config.epochs}.pt", final)
     records = parse_log(log_file, config.batch_size)
     if not records:

@@ -22,10 +22,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Union
+
+from mamba_clip.fileio import atomic_write_text
 
 from .catalog import METRIC_NAMES, DatasetSpec, resolve_all
 from .datasets import DatasetMissing, how_to_get, load_dataset
@@ -34,21 +35,6 @@ from .wds import wds_ready
 TOWERS_CHOICES = ("report", "ema", "online")
 TEMPLATE_CHOICES = ("reference", "clip_benchmark")
 RELEASE_TAG = "yfcc15m"
-
-
-def atomic_write_text(path: Union[str, Path], text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; result files are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _json_safe(x):

@@ -23,9 +23,10 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from mamba_clip.fileio import atomic_write_text
 
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")  # what clip_benchmark's wds reader decodes
 SOURCE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
@@ -39,20 +40,6 @@ class CorruptImageError(RuntimeError):
 
 class WdsLayoutError(FileNotFoundError):
     pass
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; result files are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_lines_file(path: Union[str, Path]) -> List[str]:
@@ -168,9 +155,9 @@ def make_wds(src, dst, templates: Union[None, str, Path, Sequence[str]] = None, 
         os.replace(tmp, final)
     if bar is not None:
         bar.close()
-    _atomic_write_text(dst / "classnames.txt", "\n".join(names) + "\n")
-    _atomic_write_text(dst / "zeroshot_classification_templates.txt", "\n".join(tpl) + "\n")
-    _atomic_write_text(out / "nshards.txt", f"{nshards}\n")
+    atomic_write_text(dst / "classnames.txt", "\n".join(names) + "\n")
+    atomic_write_text(dst / "zeroshot_classification_templates.txt", "\n".join(tpl) + "\n")
+    atomic_write_text(out / "nshards.txt", f"{nshards}\n")
     return {"dst": str(dst), "split": split, "n_images": len(samples), "n_classes": len(names),
             "n_shards": nshards, "classnames": names, "templates": tpl}  # fmt: skip
 
