@@ -799,7 +799,9 @@ int ss_bwd(const float* u, const float* delta, const float* A, const float* Bt, 
             float* dAs = buf + wsf;
             float* dDs = dAs + CB;
             float* dbs = dDs + CB;
-#pragma omp for schedule(dynamic, 1)
+            /* static: each thread owns a fixed set of channel blocks, so its private dB/dC partial sums,
+               and the order they are added in, are the same in every run (bitwise-reproducible training) */
+#pragma omp for schedule(static, 1)
             for (int64_t k = 0; k < nblk; ++k) {
                 const int64_t d0 = k * CB;
                 const int cb = (int)(dim - d0 < CB ? dim - d0 : CB);
@@ -829,7 +831,7 @@ int ss_bwd(const float* u, const float* delta, const float* A, const float* Bt, 
             float* dAacc = g + N;       /* (N) */
             float* zeros = dAacc + N;   /* (N) */
             for (int64_t n = 0; n < N; ++n) zeros[n] = 0.0f;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(static, 1)
             for (int64_t d = 0; d < dim; ++d) {
                 const int64_t gi = d / H;
                 const float* Ar = A + d * N;
