@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _scan_helpers import make_inputs, max_rel_err
+from _scan_helpers import run_with_grads as _run
 
 from mamba_clip.ops import scan_torch, selective_scan
 
@@ -24,18 +25,6 @@ GRID = [
     (3, 4, 1, 1, 4, False, True, True),
     (1, 4, 300, 16, 1, False, False, False),
 ]
-
-
-def _run(backend, inp, softplus, seed=1):
-    leaves = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in inp.items()}
-    y, last = selective_scan(**leaves, delta_softplus=softplus, return_last_state=True, backend=backend)
-    g = torch.Generator().manual_seed(seed)
-    gy = torch.randn(y.shape, generator=g).to(y.dtype)
-    gl = torch.randn(last.shape, generator=g).to(last.dtype)
-    ((y * gy).sum() + (last * gl).sum()).backward()
-    grads = {k: (v.grad if v.grad is not None else torch.zeros_like(v))
-             for k, v in leaves.items() if v is not None}
-    return y.detach(), last.detach(), grads
 
 
 @pytest.fixture(params=["torch-chunked", "torch-stepwise", "cpu"])

@@ -12,7 +12,8 @@ import types
 
 import pytest
 import torch
-from _scan_helpers import make_inputs, max_rel_err
+from _scan_helpers import assert_compiled_matches_eager, make_inputs, max_rel_err
+from _scan_helpers import run_with_grads as _run
 
 pytest.importorskip("triton", reason="triton is not installed (it ships with torch's CUDA wheels)")
 
@@ -32,18 +33,6 @@ TOL = 1e-4
 @pytest.fixture(autouse=True)
 def _interpret(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-
-
-def _run(backend, inp, softplus, seed=1):
-    leaves = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in inp.items()}
-    y, last = selective_scan(**leaves, delta_softplus=softplus, return_last_state=True, backend=backend)
-    g = torch.Generator().manual_seed(seed)
-    gy = torch.randn(y.shape, generator=g).to(y.dtype)
-    gl = torch.randn(last.shape, generator=g).to(last.dtype)
-    ((y * gy).sum() + (last * gl).sum()).backward()
-    grads = {k: (v.grad if v.grad is not None else torch.zeros_like(v))
-             for k, v in leaves.items() if v is not None}
-    return y.detach(), last.detach(), grads
 
 
 # (batch, dim, L, N, G, z, delta_bias, softplus). Time chunks are 128 / 64 / 32 steps for
@@ -199,14 +188,4 @@ def test_torch_compile_fullgraph_keeps_the_op():
     def f(u, delta, A, B, C, D, z, delta_bias):
         return selective_scan(u, delta, A, B, C, D, z, delta_bias, True, backend="triton")
 
-    torch._dynamo.reset()
-    cf = torch.compile(f, backend="aot_eager", fullgraph=True)
-    leaves = {k: v.clone().requires_grad_() for k, v in inp.items()}
-    y = cf(**leaves)
-    y.sum().backward()
-    leaves2 = {k: v.clone().requires_grad_() for k, v in inp.items()}
-    y2 = f(**leaves2)
-    y2.sum().backward()
-    assert max_rel_err(y, y2) <= 1e-6
-    for k in leaves:
-        assert max_rel_err(leaves[k].grad, leaves2[k].grad) <= 1e-6, k
+    assert_compiled_matches_eager(f, inp)
