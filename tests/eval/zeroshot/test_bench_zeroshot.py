@@ -6,7 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_zeroshot.py"
+BENCH = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_zeroshot.py"
 
 
 def test_bench_zeroshot_smoke(tmp_path, monkeypatch):

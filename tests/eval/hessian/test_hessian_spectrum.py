@@ -160,7 +160,7 @@ def test_bench_hessian_script_runs_tiny(tmp_path):
     """benchmarks/bench_hessian.py end to end on a tiny setting (logic only, no timing claims)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_hessian.py"
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_hessian.py"
     spec = importlib.util.spec_from_file_location("bench_hessian_under_test", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
