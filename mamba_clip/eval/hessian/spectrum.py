@@ -19,6 +19,7 @@ import io
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -127,6 +128,7 @@ class RunStore:
 
     def __init__(self, out_dir: Union[str, os.PathLike], label: str, settings: dict):
         self.dir = Path(out_dir)
+        self.finished = False  # a complete run found: a rerun that adds nothing leaves the files alone
         self.record = {"format": FORMAT, "label": label, "settings": settings, "batches": [], "complete": False}
         path = self.dir / JSON_NAME
         if path.is_file():
@@ -134,12 +136,14 @@ class RunStore:
             if old.get("format") != FORMAT:
                 raise ValueError(f"{path}: not a Hessian eigenvalue file; choose another output folder")
             diff = {k: (old["settings"].get(k), settings.get(k)) for k in KEY_SETTINGS
-                    if old["settings"].get(k) != settings.get(k)}
+                    if old["settings"].get(k) != settings.get(k) and not _legacy_same(k, old["settings"], settings)}
             if diff:
                 lines = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
                 raise ValueError(f"{self.dir} holds a run with other settings ({lines}); use another output "
                                  "folder or delete it to start again")
             self.record["batches"] = old["batches"]
+            self.finished = bool(old.get("complete")) and old.get("label") == label
+        self.added = 0
 
     def done(self) -> Dict[int, dict]:
         return {r["index"]: r for r in self.record["batches"]}
@@ -147,7 +151,13 @@ class RunStore:
     def add(self, entry: dict) -> None:
         self.record["batches"] = [r for r in self.record["batches"] if r["index"] != entry["index"]] + [entry]
         self.record["batches"].sort(key=lambda r: r["index"])
+        self.added += 1
         self.save()
+
+    def close(self) -> None:
+        """Mark the run complete, unless it was already and nothing changed (files untouched)."""
+        if not (self.finished and self.added == 0):
+            self.save(complete=True)
 
     def save(self, complete: Optional[bool] = None) -> None:
         if complete is not None:
@@ -163,7 +173,19 @@ class RunStore:
 
 
 def _template_names(templates) -> list:
-    return [t if isinstance(t, str) else getattr(t, "__name__", repr(t)) for t in templates]
+    """The template strings (``{}`` for the class name), also for open_clip's lambda templates."""
+    return [format_template(t, "{}") for t in templates]
+
+
+def _legacy_same(key: str, old: dict, new: dict) -> bool:
+    """Runs written before the template strings were recorded hold ``'<lambda>'`` per template."""
+    a, b = old.get(key), new.get(key)
+    return (key == "templates" and isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
+            and all(t == "<lambda>" for t in a))
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def hessian_spectrum(
@@ -187,6 +209,7 @@ def hessian_spectrum(
     transform: Optional[Callable] = None,
     logit_scale: Optional[float] = None,
     device=None,
+    log: Optional[Callable[[str], None]] = None,
 ) -> HessianSpectrum:
     """Top-``k`` Hessian eigenvalues of the loss on each of ``ceil(n_samples / batch_size)`` batches.
 
@@ -209,7 +232,10 @@ def hessian_spectrum(
         k, max_iter, tol, method, seed: as :func:`~.eigen.hessian_top_eigenvalues` (batch ``i`` uses
             ``seed + i``; ``seed`` also draws the samples).
         out_dir: run folder (resumable, see the module docstring); ``label`` names the model in it
-            and in plots.
+            and in plots. A finished run that is rerun is read back, its files untouched.
+        progress: a bar per batch whose postfix counts the Hessian-vector products of the batch.
+        log: receives the plan line and, after the first batch, the time estimate (default: written
+            beside the bar when ``progress``).
 
     Returns:
         :class:`HessianSpectrum` (``.eigenvalues`` (batches, k), ``.values`` pooled, ``.n_negative``).
@@ -263,15 +289,25 @@ def hessian_spectrum(
     store = RunStore(out_dir, label, settings) if out_dir is not None else None
     done = store.done() if store is not None else {}
     results = dict(done)
+    say = log or ((lambda m: tqdm.write(m, file=sys.stderr)) if progress else (lambda m: None))
+    per_batch = k * max_iter if method == "power" else max_iter
+    if len(done) < n_planned:
+        say(f"Hessian {label}: {n_planned - len(done)} of {n_planned} batches to go, top-{k} by {method} "
+            f"iteration, at most {per_batch} Hessian-vector products per batch")
+    first = True
     with tqdm(total=n_planned, desc=f"Hessian {label}", unit="batch", disable=not progress,
-              initial=len(done)) as bar:
+              initial=len(done), file=sys.stderr) as bar:
+        def on_product(n: int) -> None:
+            bar.set_postfix_str(f"products {n}/{per_batch} max")
+
         for batch in iter_batches(data, dataset, n_samples, batch_size, seed, skip=lambda i: i in done):
             targets = _prepare_targets(batch, loss, classnames, temps, tokenizer)
             images = batch.images.to(device=device, dtype=plist[0].dtype)
             if isinstance(targets, torch.Tensor):
                 targets = targets.to(device)
             res = hessian_top_eigen(model, loss_fn, (images, targets), k=k, max_iter=max_iter, tol=tol,
-                                    params=plist, seed=seed + batch.index, method=method)
+                                    params=plist, seed=seed + batch.index, method=method,
+                                    on_product=on_product if progress else None)
             entry = {"index": batch.index, "n_images": int(len(images)),
                      "eigenvalues": [float(v) for v in res.eigenvalues], "seconds": round(res.seconds, 4),
                      "n_hvp": res.n_hvp}
@@ -280,8 +316,13 @@ def hessian_spectrum(
                 store.add(entry)
             bar.update(1)
             bar.set_postfix(top=f"{entry['eigenvalues'][0]:.3g}")
+            left = n_planned - len(results)
+            if first and left > 0:
+                say(f"Hessian {label}: first batch took {_minutes(res.seconds)} ({res.n_hvp} products); the "
+                    f"{left} batches left need about {_minutes(res.seconds * left)} (estimate)")
+            first = False
     if store is not None:
-        store.save(complete=True)
+        store.close()
         return HessianSpectrum.load(store.dir)
     rec = {"format": FORMAT, "label": label, "settings": settings, "complete": True,
            "batches": [results[i] for i in sorted(results)]}
