@@ -92,10 +92,13 @@ def run_evaluation(
     resume: bool = True,
     progress: bool = True,
     figures: bool = True,
+    labels: Optional[Sequence[str]] = None,
 ) -> Dict[str, dict]:
     """Evaluate ``models`` (``NAME[:PRETRAINED]``) on ``datasets`` ((name, folder) pairs), then write
-    ``summary.json`` (humans from ``humans``, a raw-data folder, when given) and the figures.
-    Returns the summary."""
+    ``summary.json`` (humans from ``humans``, a raw-data folder, when given) and the figures
+    (``labels``: one plot label per model; default a short form of the name). Returns the summary."""
+    if labels is not None and len(labels) != len(models):
+        raise ValueError(f"{len(labels)} labels for {len(models)} models")
     from .classifier import CLIPDecisionMaker
 
     out = Path(out)
@@ -107,13 +110,14 @@ def run_evaluation(
         if not pending:
             continue
         dm = CLIPDecisionMaker.from_spec(
-            spec, cache_dir=cache_dir, head=head, templates=templates, device=device
+            spec, cache_dir=cache_dir, head=head, templates=templates, device=device, progress=progress
         )
         for d, folder in pending:
             evaluate_dataset(dm, subj, d, folder, out, batch_size=batch_size, max_images=max_images,
                              resume=resume, progress=progress)  # fmt: skip
         del dm
-    return write_summary(out, subjects, [d for d, _ in datasets], humans=humans, figures=figures)
+    names = dict(zip(subjects, labels)) if labels is not None else None
+    return write_summary(out, subjects, [d for d, _ in datasets], humans=humans, figures=figures, labels=names)
 
 
 def evaluate_decision_makers(
@@ -145,8 +149,10 @@ def write_summary(
     datasets: Sequence[str],
     humans: Optional[os.PathLike] = None,
     figures: bool = True,
+    labels: Optional[Dict[str, str]] = None,
 ) -> Dict[str, dict]:
-    """Metrics of ``subjects`` from ``<out>/raw-data`` (+ human data) -> ``summary.json`` and figures."""
+    """Metrics of ``subjects`` from ``<out>/raw-data`` (+ human data) -> ``summary.json`` and figures
+    (``labels``: subject -> plot label)."""
     from .metrics import summarize
 
     out = Path(out)
@@ -157,6 +163,6 @@ def write_summary(
     if figures:
         from .plots import figure1, figure2
 
-        figure1(summary, out / "figure1.png")
-        figure2(summary, out / "figure2.png")
+        figure1(summary, out / "figure1.png", labels=labels)
+        figure2(summary, out / "figure2.png", labels=labels)
     return summary
