@@ -290,7 +290,7 @@ def hessian_spectrum(
     done = store.done() if store is not None else {}
     results = dict(done)
     say = log or ((lambda m: tqdm.write(m, file=sys.stderr)) if progress else (lambda m: None))
-    per_batch = k * max_iter if method == "power" else max_iter
+    per_batch = k * max_iter + 1 if method == "power" else max_iter  # power: + the scale probe
     if len(done) < n_planned:
         say(f"Hessian {label}: {n_planned - len(done)} of {n_planned} batches to go, top-{k} by {method} "
             f"iteration, at most {per_batch} Hessian-vector products per batch")
