@@ -49,8 +49,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if no_shared:
         terminalreporter.write_line(
             f"{len(no_shared)} of {len(skipped)} skipped tests need the shared data folder, not found at {SHARED} "
-            "(real stimuli, model-vs-human raw data, reference files; see docs/README 'Shared data'): put it at "
-            "../shared beside the checkout or set MAMBA_CLIP_SHARED=/path/to/shared", yellow=True)
+            "(real stimuli, model-vs-human raw data, reference files; README.md, 'Two commands', says where they "
+            "come from): put it at ../shared beside the checkout or set MAMBA_CLIP_SHARED=/path/to/shared",
+            yellow=True)
     other = len(skipped) - len(no_shared)
     if other:
         terminalreporter.write_line(f"{other} other skipped tests: pytest -rs lists why", yellow=True)

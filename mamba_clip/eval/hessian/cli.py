@@ -104,6 +104,7 @@ def _run(args) -> int:
 
     import open_clip
     import torch
+    from tqdm import tqdm
 
     import mamba_clip  # noqa: F401  (registers the model configs)
 
@@ -126,7 +127,7 @@ def _run(args) -> int:
             params=args.params, templates=_templates(args.templates), tokenizer=tokenizer, seed=args.seed,
             progress=not args.no_progress, out_dir=args.out, max_iter=args.max_iter, tol=args.tol,
             method=args.method, label=args.label or args.model, transform=preprocess, device=args.device,
-            log=lambda line: print(line, file=sys.stderr, flush=True),
+            log=lambda line: tqdm.write(line, file=sys.stderr),  # above the bar, not into it
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -318,8 +318,9 @@ def hessian_spectrum(
             bar.set_postfix(top=f"{entry['eigenvalues'][0]:.3g}")
             left = n_planned - len(results)
             if first and left > 0:
-                say(f"Hessian {label}: first batch took {_minutes(res.seconds)} ({res.n_hvp} products); the "
-                    f"{left} batches left need about {_minutes(res.seconds * left)} (estimate)")
+                rest = "the last batch needs" if left == 1 else f"the {left} batches left need"
+                say(f"Hessian {label}: first batch took {_minutes(res.seconds)} ({res.n_hvp} products); {rest} "
+                    f"about {_minutes(res.seconds * left)} (estimate)")
             first = False
     if store is not None:
         store.close()

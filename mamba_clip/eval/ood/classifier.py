@@ -67,9 +67,12 @@ def default_cache_dir() -> Path:
 
 
 def _say(line: str) -> None:
+    """A line on stderr, above any progress bar (not into it)."""
     import sys
 
-    print(line, file=sys.stderr, flush=True)
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
 
 
 def _template_text(t) -> str:
