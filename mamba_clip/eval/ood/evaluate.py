@@ -112,6 +112,7 @@ def run_evaluation(
         dm = CLIPDecisionMaker.from_spec(
             spec, cache_dir=cache_dir, head=head, templates=templates, device=device, progress=progress
         )
+        dm.text_head()  # first, with its cost line and own bar, not inside the first image bar
         for d, folder in pending:
             evaluate_dataset(dm, subj, d, folder, out, batch_size=batch_size, max_images=max_images,
                              resume=resume, progress=progress)  # fmt: skip
