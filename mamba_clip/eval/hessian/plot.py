@@ -45,8 +45,9 @@ def plot_spectra(runs: Sequence[Union[str, os.PathLike, HessianSpectrum, dict]],
     edges = np.logspace(lo - 0.15, hi + 0.15, bins + 1)  # x range with room for the end dots
 
     n_models = len(specs)
-    fig, (axn, axp) = plt.subplots(1, 2, figsize=(9, 1.2 + 0.75 * n_models), sharey=True,
-                                   gridspec_kw={"wspace": 0.04})
+    height = 1.6 + 0.7 * n_models  # inches: 0.95 below the rows for ticks and axis labels, 0.5 above
+    fig, (axn, axp) = plt.subplots(1, 2, figsize=(9, height), sharey=True, gridspec_kw={"wspace": 0.04})
+    fig.subplots_adjust(bottom=0.95 / height, top=1 - 0.5 / height)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     rng = np.random.default_rng(0)  # vertical jitter only: the x position is the value
     for i, (s, name) in enumerate(zip(specs, names)):
@@ -69,8 +70,8 @@ def plot_spectra(runs: Sequence[Union[str, os.PathLike, HessianSpectrum, dict]],
     axn.set_yticklabels(names[::-1], fontsize=8)
     axn.invert_xaxis()
     axn.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"$-10^{{{np.log10(x):.0f}}}$"))
-    axn.set_xlabel("negative eigenvalues (one dot each; count at the row's end)")
-    axp.set_xlabel("positive eigenvalues")
+    axn.set_xlabel("negative eigenvalues (a dot each; count at the row's end)", fontsize=9)
+    axp.set_xlabel("positive eigenvalues", fontsize=9)
     handles, texts = axp.get_legend_handles_labels()
     fig.legend(handles, texts, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
                ncol=min(2, len(texts)), frameon=False)  # below the panels: never over the data
