@@ -78,7 +78,7 @@ def test_zeroshot_two_processes_equal_one(tmp_path, shared_dir, ckpts):
               "--workers", "0", "--shard-images", "16", "--no-progress"]  # fmt: skip
     _run(common + ["--output", tmp_path / "one", "--shard-images", "0"])  # whole sets, one process
     want = _zeroshot_jsons(tmp_path / "one")
-    assert len(want) == 4 and want["wds-cue.json"]["n_images"] == 48
+    assert len(want) == 4 and want["wds_cue.json"]["n_images"] == 48
     table = (tmp_path / "one" / "table1.csv").read_text()
 
     _run(common + ["--output", tmp_path / "two"], nproc=2)  # cue (48 images) in 3 parts, edges in 2
