@@ -49,11 +49,12 @@ def ckpts(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("ckpt")
     out = {}
-    for name, kw in (("vmamba-nano", {"force_image_size": 32}), ("vit-nano", {})):
-        torch.manual_seed(0)
+    for key, name, kw, seed in (("vmamba-nano", "vmamba-nano", {"force_image_size": 32}, 0),
+                                ("vit-nano", "vit-nano", {}, 0), ("vit-nano-b", "vit-nano", {}, 1)):
+        torch.manual_seed(seed)
         model, _, _ = open_clip.create_model_and_transforms(name, **kw)
-        out[name] = tmp / f"{name}.pt"
-        torch.save({"state_dict": model.state_dict(), "epoch": 1}, out[name])
+        out[key] = tmp / f"{key}.pt"
+        torch.save({"state_dict": model.state_dict(), "epoch": 1}, out[key])
     return out
 
 
@@ -122,18 +123,20 @@ def test_hessian_two_processes_equal_one_and_resume_across_world_sizes(tmp_path,
 
 def test_ood_two_processes_equal_one(tmp_path, shared_dir, ckpts):
     stimuli = shared_dir / "data" / "stimuli"
-    common = ["ood", "evaluate", "--models", f"vit-nano:{ckpts['vit-nano']}",
-              f"vmamba-nano:{ckpts['vmamba-nano']}", "--datasets", f"cue-conflict={stimuli / 'cue-conflict'}",
+    common = ["ood", "evaluate", "--models", f"vit-nano:{ckpts['vit-nano']}", f"vit-nano:{ckpts['vit-nano-b']}",
+              "--datasets", f"cue-conflict={stimuli / 'cue-conflict'}",
               f"edges={stimuli / 'edges'}", "--templates", "1", "--max-images", "16", "--batch-size", "8",
-              "--no-progress", "--no-figures"]  # fmt: skip
+              "--no-progress"]  # fmt: skip
 
     def files(out: Path):
-        return {str(p.relative_to(out)): p.read_text() for p in sorted(out.rglob("*.csv"))} | {
-            "summary": json.loads((out / "summary.json").read_text())}
+        found = {str(p.relative_to(out)): p.read_text() for p in sorted(out.rglob("*.csv"))}
+        found["summary"] = json.loads((out / "summary.json").read_text())
+        found["figures"] = [(out / f).read_bytes() for f in ("figure1.png", "figure2.png")]
+        return found
 
     _run(common + ["--out", tmp_path / "one"])
     want = files(tmp_path / "one")
-    assert len(want) == 5
+    assert len(want) == 6  # 4 CSVs, the summary, the figures
     _run(common + ["--out", tmp_path / "two"], nproc=2)
     assert files(tmp_path / "two") == want
     r = _run(common + ["--out", tmp_path / "killed"], nproc=2, env={"MAMBA_CLIP_FAULT_AFTER_ITEMS": "1"},
