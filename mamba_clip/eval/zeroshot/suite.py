@@ -305,6 +305,7 @@ def run_suite(model: str, pretrained: Union[str, Path, None], dataset_root, outp
     results: Dict[str, Dict] = {}
     items = []  # (spec, towers, want, (lo, hi), part path or None, cost); the same list on every rank
     wants: Dict[str, Dict] = {}
+    done_before = set()  # finished by an earlier run: reported as resumed
     for spec, tw in plan:
         want = {"status": "ok", "model": model, "pretrained": pretrained, "towers": tw, "templates": templates,
                 "image_size": image_size}
@@ -314,6 +315,8 @@ def run_suite(model: str, pretrained: Union[str, Path, None], dataset_root, outp
             path = root / spec.dirname
             results[spec.name] = {"status": "missing", "path": str(path), "hint": how_to_get(spec, path)}
             continue
+        if _done(rpath, want):
+            done_before.add(spec.name)
         n = _count(spec, root, rpath, templates, split) if shard_images > 0 else None
         ranges = _shards(n, shard_images, batch_size) if n else [(0, -1)]
         for k, (lo, hi) in enumerate(ranges):
@@ -377,7 +380,8 @@ def run_suite(model: str, pretrained: Union[str, Path, None], dataset_root, outp
         rpath = mdir / f"{spec.file_stem}.json"
         parts = [it[4] for it in items if it[0] is spec and it[4] is not None]
         if _done(rpath, wants[spec.name]):
-            results.setdefault(spec.name, {**json.loads(rpath.read_text()), "resumed": True})
+            again = {"resumed": True} if spec.name in done_before else {}  # else: another rank's result
+            results.setdefault(spec.name, {**json.loads(rpath.read_text()), **again})
         elif parts and all(p.is_file() for p in parts):
             try:
                 results[spec.name] = _merge_parts(spec, parts, rpath)
