@@ -6,16 +6,16 @@ torch.distributed.run --standalone --nproc_per_node N -m mamba_clip ...``), into
 the times include start-up (imports, model build) of every process: the fixed cost that the split cannot
 shrink. The results of the two runs are compared (same JSON numbers / same eigenvalues) and recorded.
 
-* zeroshot: vmamba-nano (random weights saved as a checkpoint, ``--image-size``), ``--datasets`` wds sets of
-  ``--per-class`` images per class made from ``../shared/data/stimuli`` (16 classes), ``--shard-images`` so
-  the largest set is also split;
+* zeroshot: vmamba-nano (random weights saved as a checkpoint, ``--image-size``), ``--sets`` wds sets of
+  ``--per-class`` images per class from ``../shared/data/stimuli`` (cue-conflict, edges, silhouettes in
+  turn; 16 classes), cut into parts of ``--shard-images``;
 * hessian: vmamba-nano on the edge stimuli (ImageFolder, zero-shot loss), ``--n-samples`` / ``--batch-size``
   batches, power iteration with ``--max-iter`` products.
 
 Writes ``benchmarks/results/bench_distributed.json`` (atomically; ``--out`` elsewhere) with the wall times,
 the speed-ups and ``os.getloadavg()`` before and after (on a shared machine the figures are noisy).
 
-    python benchmarks/bench_distributed.py [--nproc 2] [--per-class 10] [--n-samples 24] [--max-iter 20]
+    python benchmarks/bench_distributed.py [--nproc 2] [--sets 6] [--per-class 10] [--n-samples 24] [--max-iter 20]
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--per-class", type=int, default=10, help="zero-shot: images per class and set")
-    p.add_argument("--sets", type=int, default=4, help="zero-shot: number of wds sets")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--shard-images", type=int, default=80)
+    p.add_argument("--sets", type=int, default=6, help="zero-shot: number of wds sets")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--shard-images", type=int, default=128)
     p.add_argument("--n-samples", type=int, default=24, help="hessian: images (batches of --batch-size)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-iter", type=int, default=20)
@@ -86,14 +86,14 @@ def main(argv=None) -> int:
         ckpt = tmp / "nano.pt"
         torch.save({"state_dict": model.state_dict(), "epoch": 1}, ckpt)
         stimuli = SHARED / "data" / "stimuli"
-        sources = ["cue-conflict", "edges", "filled-silhouettes"]
+        sources = ["cue-conflict", "edges", "filled-silhouettes"]  # set i: the first --per-class of each class
         names = []
         for i in range(a.sets):
             src = tmp / "src" / f"set{i}"
             base = stimuli / sources[i % len(sources)]
             for c in sorted(q.name for q in base.iterdir() if q.is_dir()):
                 (src / c).mkdir(parents=True)
-                for f in sorted((base / c).iterdir())[: max(1, a.per_class - 3 * (i // len(sources)))]:
+                for f in sorted((base / c).iterdir())[: a.per_class]:
                     shutil.copy(f, src / c / f.name)
             make_wds(src, tmp / "data" / f"set{i}", shard_size=200)
             names.append(f"wds/set{i}")
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
               "--shard-images", a.shard_images, "--no-progress", "--no-tables"]  # fmt: skip
         hs = ["hessian", "--model", "vmamba-nano", "--pretrained", ckpt, "--image-size", "32", "--data",
               stimuli / "edges", "--n-samples", a.n_samples, "--batch-size", a.batch_size, "--k", "2",
-              "--max-iter", a.max_iter, "--tol", "0", "--no-progress"]  # fmt: skip
+              "--max-iter", a.max_iter, "--tol", "1e-12", "--no-progress"]  # fmt: skip
         for name, args, numbers in (("zeroshot", zs, lambda o: _zeroshot_numbers(o)),
                                     ("hessian", hs, lambda o: [b["eigenvalues"] for b in json.loads(
                                         (o / "eigenvalues.json").read_text())["batches"]])):  # fmt: skip
