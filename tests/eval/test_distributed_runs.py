@@ -144,3 +144,25 @@ def test_ood_two_processes_equal_one(tmp_path, shared_dir, ckpts):
     assert r.returncode != 0 and not (tmp_path / "killed" / "summary.json").exists()
     _run(common + ["--out", tmp_path / "killed"], nproc=2)
     assert files(tmp_path / "killed") == want
+
+
+def test_hessian_srun_style_ranks_meet_through_the_folder(tmp_path, shared_dir, ckpts):
+    """Two plain processes with SLURM's variables (as ``srun`` starts them, no MASTER_ADDR): no process
+    group, the ranks meet through marker files in the run folder; the eigenvalues equal one process."""
+    common = ["hessian", "--model", "vmamba-nano", "--pretrained", ckpts["vmamba-nano"], "--data",
+              shared_dir / "data" / "stimuli" / "edges", "--n-samples", "6", "--batch-size", "2", "--k", "2",
+              "--max-iter", "4", "--image-size", "32", "--no-progress", "--label", "nano"]  # fmt: skip
+    _run(common + ["--out", tmp_path / "one"])
+    env = {**os.environ, **ENV, "SLURM_NTASKS": "2", "SLURM_JOB_ID": "4242"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    procs = [subprocess.Popen([sys.executable, "-m", "mamba_clip"] + [str(a) for a in common]
+                              + ["--out", str(tmp_path / "srun")], env={**env, "SLURM_PROCID": str(r),
+                              "SLURM_LOCALID": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert (tmp_path / "srun" / ".dist" / "4242-w2" / "hessian" / "rank1").is_file()
+    one = json.loads((tmp_path / "one" / "eigenvalues.json").read_text())["batches"]
+    two = json.loads((tmp_path / "srun" / "eigenvalues.json").read_text())["batches"]
+    assert [(b["index"], b["eigenvalues"]) for b in two] == [(b["index"], b["eigenvalues"]) for b in one]
