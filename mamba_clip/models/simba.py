@@ -388,18 +388,17 @@ class SiMBA(nn.Module):
         self.post_network = nn.ModuleList([ClassBlock(embed_dims[-1], mlp_ratios[-1], **mixer_kw)])
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
-        self.init_weights()
+        self.apply(_init_weights)
 
     @torch.no_grad()
     def init_weights(self) -> None:
         """(Re-)initialise every parameter and buffer as a fresh model (e.g. after ``to_empty()`` of a
-        meta-device build): the released init, Mamba's SSM parameters, BatchNorm, EinFFT."""
+        meta-device build): the released init, Mamba's SSM parameters, BatchNorm, EinFFT. Uses the global
+        RNG (the values differ from a fresh build with the same seed)."""
         for m in self.modules():
             if isinstance(m, Mamba):
                 m.reset_ssm_parameters()
-            elif isinstance(m, EinFFT):
-                m.reset_parameters()
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, (EinFFT, nn.BatchNorm2d, nn.Conv1d, nn.Conv2d, nn.Linear, nn.LayerNorm)):
                 m.reset_parameters()
         self.apply(_init_weights)
 

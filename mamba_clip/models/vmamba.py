@@ -440,7 +440,7 @@ class VMamba(nn.Module):
             flatten=nn.Flatten(1) if global_pool else nn.Identity(),
             head=nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity(),
         ))
-        self.init_weights()
+        self.apply(self._init_weights)  # SS2D initialised its SSM parameters itself
         self.inference_chunk_bytes = 24 * 2**20
 
     @property
@@ -458,11 +458,11 @@ class VMamba(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """(Re-)initialise every parameter as a fresh model: e.g. after ``to_empty()`` of a model built on
-        the meta device. Uses the global RNG."""
+        the meta device. Uses the global RNG (the values differ from a fresh build with the same seed)."""
         for m in self.modules():
             if isinstance(m, SS2D):
                 m.reset_ssm_parameters()
-            elif isinstance(m, nn.Conv2d):
+            elif isinstance(m, (nn.Conv2d, nn.Linear, nn.LayerNorm)):
                 m.reset_parameters()
         self.apply(self._init_weights)
 
