@@ -63,7 +63,8 @@ def _timm_tests(version: str) -> Path:
         with tarfile.open(tarball) as tf:
             members = [m for m in tf.getmembers() if m.isfile() and (
                 m.name.startswith(prefix + "tests/") or m.name == prefix + "pyproject.toml")]
-            tf.extractall(tmp, members=members, filter="data")
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.9.17 / 3.11.4
+            tf.extractall(tmp, members=members, **safe)
         try:
             os.replace(Path(tmp) / f"timm-{version}", dest)
         except OSError:  # a concurrent run cached it first
