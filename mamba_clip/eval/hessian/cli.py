@@ -34,7 +34,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="default: zeroshot for an ImageFolder, clip for a CSV")
     p.add_argument("--params", default="image", help="image (default), text, all, or a regular expression "
                                                      "on parameter names")
-    p.add_argument("--n-samples", type=int, default=3000)
+    p.add_argument("--n-samples", type=int, default=3000,
+                   help="images in all (default 3000, the paper's protocol: 200 batches; on a CPU each batch of "
+                        "a full-size model takes minutes, an estimate is printed after the first)")
     p.add_argument("--batch-size", type=int, default=15)
     p.add_argument("--k", type=int, default=5, help="eigenvalues per batch (largest magnitude, signed)")
     p.add_argument("--image-size", type=int, default=None, help="force the model's image size (default: "
@@ -50,7 +52,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--labels", nargs="+", default=None, help="plot: one label per run")
     p.add_argument("--title", default=None, help="plot: figure title")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the plan and estimate lines "
+                                                                 "still go to stderr)")
     p.set_defaults(func=_main)
     return p
 
@@ -101,6 +104,7 @@ def _run(args) -> int:
 
     import open_clip
     import torch
+    from tqdm import tqdm
 
     import mamba_clip  # noqa: F401  (registers the model configs)
     from mamba_clip.distributed import Dist
@@ -126,6 +130,7 @@ def _run(args) -> int:
             params=args.params, templates=_templates(args.templates), tokenizer=tokenizer, seed=args.seed,
             progress=not args.no_progress, out_dir=args.out, max_iter=args.max_iter, tol=args.tol,
             method=args.method, label=args.label or args.model, transform=preprocess, device=device, dist=dist,
+            log=lambda line: tqdm.write(line, file=sys.stderr),  # above the bar, not into it
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
