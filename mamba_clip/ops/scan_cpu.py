@@ -39,7 +39,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .first_order import check_first_order
+from .scan_graph import create_graph_needed, graph_backward_bt, scan_graph, transform_active
 
 __all__ = [
     "KernelBuildError",
@@ -378,9 +378,10 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, dlast, *_):
     u, delta, A, Bt, Ct, D, z, delta_bias, dts, hs = ctx.saved_tensors
-    # create_graph=True through this first-order kernel: a clear error naming double_backward()
-    # instead of torch's bare "no autograd formula" one.
-    check_first_order("cpu", (u, delta, A, Bt, Ct, D, z, delta_bias, dout, dlast))
+    if create_graph_needed((u, delta, A, Bt, Ct, D, z, delta_bias, dout, dlast)):
+        # create_graph=True: gradients of the fused-recurrence graph, exact to any order (issue 17)
+        return (*graph_backward_bt((u, delta, A, Bt, Ct, D, z, delta_bias), ctx.softplus, "cpu", dout,
+                                   dlast), None, None)
     if dout is None:
         dout = torch.zeros_like(u)
     grads = _scan_bwd(u, delta, A, Bt, Ct, D, z, delta_bias, ctx.softplus, dout.contiguous(),
@@ -421,6 +422,11 @@ def selective_scan_cpu(
         G = math.lcm(B.shape[1], C.shape[1])
         B = B.repeat_interleave(G // B.shape[1], dim=1)
         C = C.repeat_interleave(G // C.shape[1], dim=1)
+    if transform_active((u, delta, A, B, C, D, z, delta_bias)):  # forward AD / torch.func: the graph
+        out, last = scan_graph(_f32(u), _f32(delta), _f32(A), B.to(torch.float32), C.to(torch.float32),
+                               _f32(D), _f32(z), _f32(delta_bias), bool(delta_softplus), "cpu")
+        out = out.to(u.dtype)
+        return (out, last) if return_last_state else out
     Bt = B.to(torch.float32).transpose(-1, -2).contiguous()
     Ct = C.to(torch.float32).transpose(-1, -2).contiguous()
     save = A.shape[1] == 1 and torch.is_grad_enabled() and any(
