@@ -8,7 +8,10 @@ A failed build raises :class:`KernelBuildError` naming the command and the compi
 ``backend="auto"`` then falls back to "torch" with a one-time warning.
 
 The kernel is exposed as two ``torch.library`` custom ops (``mamba_clip::scan_cpu_fwd`` and
-``mamba_clip::scan_cpu_bwd``) with an autograd formula, so ``torch.compile`` treats it as opaque.
+``mamba_clip::scan_cpu_bwd``) with an autograd formula, so ``torch.compile`` treats it as opaque. The
+formula is first order; a ``create_graph=True`` backward returns the gradients of
+:func:`~mamba_clip.ops.scan_graph.scan_graph` on the fused linear-recurrence kernel (``ss_linrec``)
+instead, and forward-mode AD / ``torch.func`` transforms run that graph (issue 17).
 The same library holds the fused VMamba SS2D inference forward for N == 1 (``ss2d_fwd_n1``, op
 ``mamba_clip::ss2d_cpu_fwd``, no autograd; see :mod:`mamba_clip.ops.ss2d_fused`).
 Threads: ``torch.get_num_threads()`` (1 in a fork() child of a process that already used the

@@ -9,8 +9,9 @@ group counts; N from 1 (VMamba) to 64 and beyond (SiMBA).
 
 Exposed as two ``torch.library`` custom ops (``mamba_clip::scan_triton_fwd`` / ``scan_triton_bwd``)
 with an autograd formula and fake (meta) kernels, so ``torch.compile`` keeps them as single opaque
-calls without graph breaks. The backward is first order only; a ``create_graph=True`` backward raises
-:class:`~mamba_clip.ops.first_order.FirstOrderOnlyError` naming ``mamba_clip.ops.double_backward()``.
+calls without graph breaks. The hand-written backward is first order; a ``create_graph=True`` backward
+returns the gradients of :func:`~mamba_clip.ops.scan_graph.scan_graph` on the triton linear-recurrence
+kernel instead (exact to any order), and forward-mode AD / ``torch.func`` transforms run that graph.
 
 On CPU tensors the kernels run under Triton's interpreter when ``TRITON_INTERPRET=1`` is set (that is
 how CI tests them); otherwise the backend needs CUDA tensors.
