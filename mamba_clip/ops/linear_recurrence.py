@@ -28,7 +28,6 @@ import ctypes
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["KERNELS", "linear_recurrence", "linear_recurrence_ref"]
@@ -107,12 +106,74 @@ def _run(kernel: str, a: Tensor, x: Tensor, reverse: bool) -> Tensor:
         return linear_recurrence_ref(a, x, reverse)
 
 
+class _Shifted(torch.autograd.Function):
+    """Products of neighbours along the last axis, without padding copies, closed under derivatives:
+    ``"sp"``: ``out_t = p_t q_{t-1}`` (t >= 1), ``out_0 = 0``; ``"lsp"``: ``out_t = p_{t+1} q_{t+1}``
+    (t <= L-2), ``out_{L-1} = 0``. Their gradients are again "sp" / "lsp" products."""
+
+    @staticmethod
+    def forward(p: Tensor, q: Tensor, kind: str) -> Tensor:
+        out = torch.empty(torch.broadcast_shapes(p.shape, q.shape), dtype=torch.result_type(p, q),
+                          device=p.device)
+        if out.shape[-1] == 0:
+            return out
+        if kind == "sp":
+            out[..., 0] = 0
+            torch.mul(p[..., 1:], q[..., :-1], out=out[..., 1:])
+        else:
+            out[..., -1] = 0
+            torch.mul(p[..., 1:], q[..., 1:], out=out[..., :-1])
+        return out
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        p, q, kind = inputs
+        ctx.kind = kind
+        ctx.save_for_backward(p, q)
+        ctx.save_for_forward(p, q)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        p, q = ctx.saved_tensors
+        if ctx.kind == "sp":
+            gp = _shifted(g, q, "sp") if ctx.needs_input_grad[0] else None
+            gq = _shifted(g, p, "lsp") if ctx.needs_input_grad[1] else None
+        else:
+            gp = _shifted(q, g, "sp") if ctx.needs_input_grad[0] else None
+            gq = _shifted(p, g, "sp") if ctx.needs_input_grad[1] else None
+        return _sum_to(gp, p), _sum_to(gq, q), None
+
+    @staticmethod
+    def jvp(ctx, tp: Optional[Tensor], tq: Optional[Tensor], _kind) -> Tensor:
+        p, q = ctx.saved_tensors
+        out = None
+        if tp is not None:
+            out = _shifted(tp, q, ctx.kind)
+        if tq is not None:
+            t = _shifted(p, tq, ctx.kind)
+            out = t if out is None else out + t
+        return out if out is not None else p.new_zeros(torch.broadcast_shapes(p.shape, q.shape))
+
+    @staticmethod
+    def vmap(info, in_dims, p, q, kind):
+        p = p.movedim(in_dims[0], 0) if in_dims[0] is not None else p.unsqueeze(0)
+        q = q.movedim(in_dims[1], 0) if in_dims[1] is not None else q.unsqueeze(0)
+        shape = (info.batch_size,) + tuple(torch.broadcast_shapes(p.shape, q.shape)[1:])
+        return _Shifted.apply(p.expand(shape), q.expand(shape), kind), 0
+
+
+def _sum_to(g: Optional[Tensor], like: Tensor) -> Optional[Tensor]:
+    return g if g is None or g.shape == like.shape else g.sum_to_size(like.shape)
+
+
+def _shifted(p: Tensor, q: Tensor, kind: str) -> Tensor:
+    return _Shifted.apply(p, q, kind)
+
+
 def _prev_times(s: Tensor, h: Tensor, reverse: bool) -> Tensor:
     """``s_t h_{t-1}`` (forward) or ``s_{t-1} h_t`` (reverse) at t >= 1, 0 at t = 0: the gradient of
     the links for ``s`` = the adjoint."""
-    if reverse:
-        return F.pad(s[..., :-1] * h[..., 1:], (1, 0))
-    return F.pad(s[..., 1:] * h[..., :-1], (1, 0))
+    return _shifted(h, s, "sp") if reverse else _shifted(s, h, "sp")
 
 
 class _LinearRecurrence(torch.autograd.Function):
@@ -142,8 +203,7 @@ class _LinearRecurrence(torch.autograd.Function):
         rhs = tx
         if ta is not None:
             # forward: ta_t h_{t-1}; reverse: ta_{t+1} h_{t+1}
-            th = (F.pad(ta[..., 1:] * h[..., 1:], (0, 1)) if ctx.reverse
-                  else F.pad(ta[..., 1:] * h[..., :-1], (1, 0)))
+            th = _shifted(ta, h, "lsp" if ctx.reverse else "sp")
             rhs = th if rhs is None else rhs + th
         if rhs is None:
             return torch.zeros_like(h)
