@@ -129,16 +129,25 @@ def _make_datasets(args) -> int:
 
 
 def _evaluate(args) -> int:
+    from mamba_clip.distributed import Dist
+
     from .datasets import resolve_dataset
     from .evaluate import run_evaluation
 
     datasets = [resolve_dataset(d, args.data_root) for d in args.datasets]
-    summary = run_evaluation(
-        args.models, datasets, args.out, humans=args.humans, head=args.head,
-        templates=_templates(args.templates),
-        batch_size=args.batch_size, max_images=args.max_images, device=args.device, cache_dir=args.cache_dir,
-        resume=not args.no_resume, progress=not args.no_progress, figures=not args.no_figures,
-    )  # fmt: skip
+    dist = Dist.start(args.out)  # several processes (torchrun / SLURM): the pairs are split over them
+    try:
+        summary = run_evaluation(
+            args.models, datasets, args.out, humans=args.humans, head=args.head,
+            templates=_templates(args.templates),
+            batch_size=args.batch_size, max_images=args.max_images, device=dist.device(args.device),
+            cache_dir=args.cache_dir, resume=not args.no_resume, progress=not args.no_progress,
+            figures=not args.no_figures, dist=dist,
+        )  # fmt: skip
+    finally:
+        dist.close()
+    if summary is None:  # another rank writes the summary (or a rerun, after a SLURM array)
+        return 0
     _print_table(summary)
     print(f"wrote {Path(args.out) / 'summary.json'}")
     return 0
