@@ -11,8 +11,15 @@
    random images and tokens, open_clip's ``ClipLoss``, AdamW; images/s over timed steps after warm-up
    steps, and peak allocated memory.
 
+3. Hessian-vector products (issue 17): for vmamba-nano, simba-nano (batch 15) and vmamba-t220 (batch 4)
+   at 224 px, fp32, image-tower parameters, zero-shot loss, inside ``second_order_mode`` (the "triton"
+   scan, exact under create_graph): one forward+backward, the graph build (forward + create_graph
+   backward) and one product on the retained graph, medians over rounds, peak memory of the build and
+   of one product, and ``hvp_ratio = hvp_s / fwd_bwd_s`` (:func:`bench_hvp`).
+
 Targets: triton >= 5x torch on forward+backward, >= 50% of the copy bandwidth on S1 forward+backward,
-vmamba-s training images/s >= ViT-B-16's. Writes JSON (default ``benchmarks/results/bench_gpu.json``).
+vmamba-s training images/s >= ViT-B-16's, HVP <= 3x forward+backward. Writes JSON (default
+``benchmarks/results/bench_gpu.json``).
 
     PYTHONPATH=. python benchmarks/bench_gpu.py --out $OUT/bench_gpu.json          # ~5 min on an H200
     PYTHONPATH=. python benchmarks/bench_gpu.py --quick --out $OUT/bench_gpu.json  # smoke run
@@ -43,8 +50,9 @@ SCAN_SHAPES = {
     "S2": dict(batch=1, dim=384, N=64, L=784, G=1, softplus=False, z=True),
 }
 MODELS = ("vmamba-s", "simba-l", "ViT-B-16")
+HVP_MODELS = {"vmamba-nano": 15, "simba-nano": 15, "vmamba-t220": 4}  # model: batch
 TARGETS = {"triton_vs_torch_fwd_bwd": 5.0, "S1_triton_fwd_bwd_fraction_of_copy_bw": 0.5,
-           "vmamba_s_vs_vit_b16_train_img_per_s": 1.0}
+           "vmamba_s_vs_vit_b16_train_img_per_s": 1.0, "hvp_ratio_max": 3.0}
 
 
 def scan_bytes(batch: int, dim: int, N: int, L: int, G: int, z: bool, elem: int = 4,
@@ -77,6 +85,10 @@ def check_targets(result: Dict[str, object]) -> Dict[str, Optional[bool]]:
     v = train.get("vmamba-s", {}).get("img_per_s")
     b = train.get("ViT-B-16", {}).get("img_per_s")
     out["vmamba_s_vs_vit_b16"] = None if not (v and b) else v / b >= TARGETS["vmamba_s_vs_vit_b16_train_img_per_s"]
+    hvp = result.get("hvp", {})
+    for name in HVP_MODELS:
+        r = hvp.get(name, {}).get("hvp_ratio")
+        out[f"{name}_hvp_ratio"] = None if r is None else r <= TARGETS["hvp_ratio_max"]
     corr = result.get("correctness", {}).get("ok")
     out["triton_matches_ref_on_gpu"] = corr
     return out
@@ -221,11 +233,76 @@ def bench_train(name: str, batch: int, warmup: int, steps: int) -> Dict[str, obj
     return out  # model and optimizer are freed with this frame
 
 
+def bench_hvp(name: str, batch: int, rounds: int, device: str = "cuda", image_size: int = 224,
+              classes: int = 16) -> Dict[str, object]:
+    """HVP cost on ``device`` (see the module docstring, item 3): seconds of one forward+backward, the
+    graph build and one product (medians of ``rounds``), ``hvp_ratio``, the scan backend used and the
+    peak memory (CUDA) above the model's. Runs on CPU too (the tests do, tiny)."""
+    import open_clip
+
+    from mamba_clip.eval.hessian import ZeroShotLoss, select_parameters
+    from mamba_clip.eval.hessian.hvp import HVP, second_order_mode
+    from mamba_clip.ops import resolve_backend
+
+    cuda = device == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(name, force_image_size=image_size).to(device).float().eval()
+    with torch.no_grad():
+        dim = model.encode_image(torch.randn(1, 3, image_size, image_size, device=device)).shape[-1]
+    protos = torch.nn.functional.normalize(torch.randn(dim, classes, device=device), dim=0)
+    loss_fn = ZeroShotLoss(protos, 100.0)
+    g = torch.Generator().manual_seed(0)
+    data = (torch.randn(batch, 3, image_size, image_size, generator=g).to(device),
+            torch.randint(0, classes, (batch,), generator=g).to(device))
+    params = [p for _, p in select_parameters(model, "image")]
+    raw: Dict[str, List[float]] = {"fwd_bwd_s": [], "build_s": [], "hvp_s": [], "build_peak_gib": [],
+                                   "hvp_peak_gib": []}
+    with second_order_mode(model, params):
+        backend = resolve_backend("auto", data[0])
+        for r in range(rounds + 1):  # round 0: warm-up (Triton JIT)
+            sync()
+            t0 = time.perf_counter()
+            torch.autograd.grad(loss_fn(model, data), params)
+            sync()
+            fb = time.perf_counter() - t0
+            base = torch.cuda.memory_allocated() if cuda else 0
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            hvp = HVP(model, loss_fn, data, params)
+            sync()
+            build = time.perf_counter() - t0
+            build_peak = (torch.cuda.max_memory_allocated() - base) / 2**30 if cuda else 0.0
+            v = torch.randn(hvp.n, generator=torch.Generator().manual_seed(r)).to(device)
+            before = torch.cuda.memory_allocated() if cuda else 0
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            hvp(v)
+            sync()
+            hv = time.perf_counter() - t0
+            hvp_peak = (torch.cuda.max_memory_allocated() - before) / 2**30 if cuda else 0.0
+            del hvp
+            if r:
+                for k, x in zip(raw, (fb, build, hv, build_peak, hvp_peak)):
+                    raw[k].append(x)
+    med = {k: statistics.median(v) for k, v in raw.items()}
+    return {**med, "hvp_ratio": med["hvp_s"] / med["fwd_bwd_s"], "backend": backend, "batch": batch,
+            "image_size": image_size, "rounds": rounds, "n_params": int(sum(p.numel() for p in params)),
+            "raw": raw}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer runs, batch 32 training, 1 warm-up + 2 steps")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_gpu.json"))
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--skip-hvp", action="store_true", help="skip the Hessian-vector product timings")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA GPU (torch.cuda.is_available() is False); "
@@ -270,6 +347,16 @@ def main(argv=None) -> int:
             except Exception as exc:
                 result["train"][name] = {"error": repr(exc), "traceback": traceback.format_exc()[-2000:]}
             print(name, {k: v for k, v in result["train"][name].items() if k != "traceback"}, flush=True)
+    if not args.skip_hvp:
+        result["hvp"] = {}
+        for name, batch in HVP_MODELS.items():
+            try:
+                result["hvp"][name] = bench_hvp(name, batch, rounds=2 if args.quick else 3)
+                torch.cuda.empty_cache()
+            except Exception as exc:
+                result["hvp"][name] = {"error": repr(exc), "traceback": traceback.format_exc()[-2000:]}
+            print("hvp", name, {k: v for k, v in result["hvp"][name].items() if k not in ("traceback", "raw")},
+                  flush=True)
     result["checks"] = check_targets(result)
     result["wall_s"] = time.perf_counter() - t_start
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

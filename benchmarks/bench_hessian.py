@@ -1,27 +1,35 @@
-"""Cost of the Hessian spectra (issue 11, "Speed"): seconds per batch and the cost of one
+"""Cost of the Hessian spectra (issues 11 and 17): seconds per batch and the cost of one
 Hessian-vector product (HVP) relative to one forward+backward of the same batch.
 
 For each model (open_clip name, random init, fp32, CPU, image-tower parameters, zero-shot loss on
-random images with 16 class prototypes, batch 15):
+random images with 16 class prototypes, batch 15; vmamba-t220 batch ``--big-batch``, 4):
 
 * ``fwd_bwd_s``: one forward + backward of the loss as in training (``backend="auto"``: the fused
   "cpu" scan kernel), gradients w.r.t. the image tower;
 * ``fwd_bwd_double_s``: the same inside ``mamba_clip.ops.double_backward()`` (the "torch" scan, math
-  attention), i.e. the first-order cost of the twice-differentiable graph;
-* ``build_s``: forward + ``create_graph=True`` backward (done once per batch, before the products);
+  attention), the first-order cost of the old twice-differentiable graph;
+* ``build_s``: forward + ``create_graph=True`` backward on the default backend (the fused kernels,
+  exact under create_graph since issue 17; done once per batch, before the products);
 * ``hvp_s``: one product on the retained graph (what power iteration / Lanczos repeat);
-* ``hvp_ratio = hvp_s / fwd_bwd_s`` (target <= 6 for vmamba-nano and vmamba-t220; theory 2-4) and
-  ``hvp_ratio_double = hvp_s / fwd_bwd_double_s``.
+* ``hvp_ratio = hvp_s / fwd_bwd_s`` (issue 17 target <= 3 for vmamba-nano, simba-nano and
+  vmamba-t220; the ViT's is about 2);
+* ``graph_mib``: bytes the retained graph holds (unique storages saved by autograd during the build);
+  ``hvp_peak_mib``: peak resident memory above the pre-product level during one product (RSS sampled
+  every 2 ms by a thread);
+* ``build_double_s``, ``hvp_double_s``, ``hvp_ratio_old``: the same product built inside
+  ``double_backward()`` (the pre-issue-17 path, the "torch" scan), measured in the same rounds for a
+  before/after ratio (``--no-double`` skips it).
 
-The three timings are interleaved round by round in one process (``--rounds``, medians reported),
-so machine load hits them alike. Then ``seconds_per_batch``: one full batch through
-``hessian_top_eigen`` (top-``k``) with ``--method`` and ``--max-iter`` as given (capped by default so
-the script ends in minutes: power iteration with the paper's max_iter=100 can take up to 5 x 100
-products per batch; ``n_hvp`` is recorded so the cost of other settings follows from ``hvp_s``).
+The timings are interleaved round by round in one process (``--rounds``, medians reported), so
+machine load hits them alike; ``os.getloadavg()`` is recorded beside each round. Then
+``seconds_per_batch``: one full batch through ``hessian_top_eigen`` (top-``k``) with ``--method`` and
+``--max-iter`` as given (capped by default so the script ends in minutes: power iteration with the
+paper's max_iter=100 can take up to 5 x 100 products per batch; ``n_hvp`` is recorded so the cost
+of other settings follows from ``hvp_s``).
 
     python benchmarks/bench_hessian.py [--models vmamba-nano simba-nano vit-nano vmamba-t220]
-        [--image-size PX] [--big-image-size 224] [--batch 15] [--big-batch 15] [--rounds 5] [--k 5]
-        [--method power] [--max-iter 20]
+        [--image-size PX] [--big-image-size 224] [--batch 15] [--big-batch 4] [--rounds 5] [--k 5]
+        [--method power] [--max-iter 20] [--no-double]
         [--big-max-iter 2] [--threads N] [--out benchmarks/results/bench_hessian.json] [--update]
 """
 
@@ -44,7 +52,7 @@ sys.path.insert(0, str(REPO))
 
 MODELS = ["vmamba-nano", "simba-nano", "vit-nano", "vmamba-t220"]
 BIG = {"vmamba-t220"}  # the per-batch run uses --big-max-iter
-TARGETS = {"vmamba-nano": 6.0, "vmamba-t220": 6.0}
+TARGETS = {"vmamba-nano": 3.0, "simba-nano": 3.0, "vmamba-t220": 3.0}
 CLASSES = 16
 
 
@@ -76,17 +84,19 @@ def setup(name: str, image_size: int, batch: int):
     return model, loss_fn, batch_t, params, image_size
 
 
-def time_fwd_bwd(model, loss_fn, batch, params, double: bool) -> float:
+def _ctx(double: bool):
     import contextlib
 
+    from mamba_clip.ops import double_backward
+
+    return double_backward() if double else contextlib.nullcontext()
+
+
+def time_fwd_bwd(model, loss_fn, batch, params, double: bool) -> float:
     from mamba_clip.eval.hessian.hvp import second_order_mode
 
-    with second_order_mode(model, params):
-        ctx = contextlib.nullcontext()
-        if not double:  # leave double_backward(): the ordinary training backends
-            from mamba_clip.ops.selective_scan import _state
-
-            ctx = _ordinary(_state)
+    with second_order_mode(model, params), _ctx(double):
+        ctx = _ordinary() if not double else _ctx(False)
         with ctx:
             t0 = time.perf_counter()
             loss = loss_fn(model, batch)
@@ -95,39 +105,80 @@ def time_fwd_bwd(model, loss_fn, batch, params, double: bool) -> float:
 
 
 class _ordinary:
-    """Temporarily undo second_order_mode's double_backward() and math-attention settings."""
-
-    def __init__(self, state):
-        self.state = state
+    """Temporarily undo second_order_mode's math-attention setting (the ordinary training kernels)."""
 
     def __enter__(self):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        self.prev = getattr(self.state, "double_backward", 0)
-        self.state.double_backward = 0
         self.sdpa = sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
         self.sdpa.__enter__()
 
     def __exit__(self, *exc):
         self.sdpa.__exit__(*exc)
-        self.state.double_backward = self.prev
 
 
-def time_build_and_hvp(model, loss_fn, batch, params, reps: int):
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+class _PeakRSS:
+    """Peak resident memory above the level at entry, sampled every 2 ms by a thread (Linux)."""
+
+    def __enter__(self):
+        import threading
+
+        self.base = self.peak = _rss_bytes()
+        self.stop = threading.Event()
+
+        def run():
+            while not self.stop.wait(0.002):
+                self.peak = max(self.peak, _rss_bytes())
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def mib(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def time_build_and_hvp(model, loss_fn, batch, params, reps: int, double: bool = False):
+    """(build_s, median hvp_s, graph_mib, hvp_peak_mib) on the default backend, or inside
+    double_backward() (the old "torch"-scan graph) with ``double``."""
     from mamba_clip.eval.hessian.hvp import HVP, second_order_mode
 
-    with second_order_mode(model, params):
+    saved = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        saved[st.data_ptr()] = st.nbytes()
+        return t
+
+    with second_order_mode(model, params), _ctx(double):
         t0 = time.perf_counter()
-        hvp = HVP(model, loss_fn, batch, params)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            hvp = HVP(model, loss_fn, batch, params)
         build = time.perf_counter() - t0
         v = torch.randn(hvp.n, generator=torch.Generator().manual_seed(0))
-        ts = []
+        ts, peak = [], 0.0
         for _ in range(reps):
-            t0 = time.perf_counter()
-            hvp(v)
-            ts.append(time.perf_counter() - t0)
+            with _PeakRSS() as mem:
+                t0 = time.perf_counter()
+                hvp(v)
+                ts.append(time.perf_counter() - t0)
+            peak = max(peak, mem.mib)
         del hvp
-    return build, statistics.median(ts)
+    return build, statistics.median(ts), sum(saved.values()) / 2**20, peak
 
 
 def main(argv=None) -> int:
@@ -136,7 +187,7 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, default=None, help="nano models (default: their config's)")
     ap.add_argument("--big-image-size", type=int, default=224, help="vmamba-t220")
     ap.add_argument("--batch", type=int, default=15)
-    ap.add_argument("--big-batch", type=int, default=15, help="vmamba-t220 (memory: the double graph)")
+    ap.add_argument("--big-batch", type=int, default=4, help="vmamba-t220 (issue 17 target: batch 4)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--big-rounds", type=int, default=2, help="rounds for vmamba-t220")
     ap.add_argument("--hvp-reps", type=int, default=2, help="products timed per round (median)")
@@ -145,6 +196,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-iter", type=int, default=20)
     ap.add_argument("--big-max-iter", type=int, default=2)
     ap.add_argument("--no-batch", action="store_true", help="skip the per-batch runs")
+    ap.add_argument("--no-double", action="store_true",
+                    help="skip the old double_backward() (\"torch\" scan) products (before/after ratio)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench_hessian.json"))
     ap.add_argument("--update", action="store_true",
@@ -159,7 +212,10 @@ def main(argv=None) -> int:
     for m in args.models:
         *problems[m], sizes[m] = setup(m, args.big_image_size if m in BIG else args.image_size,
                                         args.big_batch if m in BIG else args.batch)
-    raw = {m: {"fwd_bwd_s": [], "fwd_bwd_double_s": [], "build_s": [], "hvp_s": []} for m in args.models}
+    keys = ["fwd_bwd_s", "fwd_bwd_double_s", "build_s", "hvp_s", "graph_mib", "hvp_peak_mib", "loadavg"]
+    if not args.no_double:
+        keys += ["build_double_s", "hvp_double_s", "graph_double_mib", "hvp_double_peak_mib"]
+    raw = {m: {k: [] for k in keys} for m in args.models}
     for m in args.models:  # warm-up (kernel build, allocator)
         model, loss_fn, batch, params = problems[m]
         time_fwd_bwd(model, loss_fn, batch, params, double=False)
@@ -169,13 +225,23 @@ def main(argv=None) -> int:
             if r >= (args.big_rounds if m in BIG else args.rounds):
                 continue
             model, loss_fn, batch, params = problems[m]
-            raw[m]["fwd_bwd_s"].append(time_fwd_bwd(model, loss_fn, batch, params, double=False))
-            raw[m]["fwd_bwd_double_s"].append(time_fwd_bwd(model, loss_fn, batch, params, double=True))
-            b, h = time_build_and_hvp(model, loss_fn, batch, params, args.hvp_reps)
-            raw[m]["build_s"].append(b)
-            raw[m]["hvp_s"].append(h)
-            print(f"round {r} {m}: fwd+bwd {raw[m]['fwd_bwd_s'][-1]:.3f}s "
-                  f"(double {raw[m]['fwd_bwd_double_s'][-1]:.3f}s) build {b:.3f}s hvp {h:.3f}s", flush=True)
+            rm = raw[m]
+            rm["loadavg"].append(round(os.getloadavg()[0], 2))
+            rm["fwd_bwd_s"].append(time_fwd_bwd(model, loss_fn, batch, params, double=False))
+            rm["fwd_bwd_double_s"].append(time_fwd_bwd(model, loss_fn, batch, params, double=True))
+            b, h, g, pk = time_build_and_hvp(model, loss_fn, batch, params, args.hvp_reps)
+            for k, x in zip(("build_s", "hvp_s", "graph_mib", "hvp_peak_mib"), (b, h, g, pk)):
+                rm[k].append(x)
+            line = (f"round {r} {m}: load {rm['loadavg'][-1]} fwd+bwd {rm['fwd_bwd_s'][-1]:.3f}s "
+                    f"(double {rm['fwd_bwd_double_s'][-1]:.3f}s) build {b:.3f}s hvp {h:.3f}s graph {g:.0f} MiB "
+                    f"hvp peak {pk:.0f} MiB")
+            if not args.no_double:
+                b, h, g, pk = time_build_and_hvp(model, loss_fn, batch, params, args.hvp_reps, double=True)
+                for k, x in zip(("build_double_s", "hvp_double_s", "graph_double_mib", "hvp_double_peak_mib"),
+                                (b, h, g, pk)):
+                    rm[k].append(x)
+                line += f" | old path: build {b:.3f}s hvp {h:.3f}s graph {g:.0f} MiB"
+            print(line, flush=True)
 
     results = {}
     for m in args.models:
@@ -184,6 +250,8 @@ def main(argv=None) -> int:
         entry = {**{k: round(v, 4) for k, v in med.items()},
                  "hvp_ratio": round(med["hvp_s"] / med["fwd_bwd_s"], 2),
                  "hvp_ratio_double": round(med["hvp_s"] / med["fwd_bwd_double_s"], 2),
+                 **({"hvp_ratio_old": round(med["hvp_double_s"] / med["fwd_bwd_s"], 2),
+                     "hvp_speedup": round(med["hvp_double_s"] / med["hvp_s"], 2)} if not args.no_double else {}),
                  "n_params": int(sum(p.numel() for p in params)), "rounds": len(raw[m]["hvp_s"]),
                  "image_size": sizes[m], "batch": len(batch[0]),
                  "raw": {k: [round(x, 4) for x in v] for k, v in raw[m].items()}}
@@ -207,6 +275,7 @@ def main(argv=None) -> int:
                      "batch": args.batch, "big_batch": args.big_batch, "k": args.k, "loss": "zeroshot",
                      "params": "image", "dtype": "float32", "device": "cpu", "rounds": args.rounds,
                      "big_rounds": args.big_rounds, "hvp_reps": args.hvp_reps, "method": args.method,
+                     "no_double": args.no_double,
                      "max_iter": args.max_iter, "big_max_iter": args.big_max_iter,
                      "note": "seconds_per_batch uses the capped max_iter above (not the paper's 100), so the "
                              "script ends in minutes; n_hvp x hvp_s + build_s gives other settings. "
@@ -238,7 +307,8 @@ def main(argv=None) -> int:
     os.replace(tmp, path)
     for m, e in results.items():
         print(f"{m:12s} fwd+bwd {e['fwd_bwd_s']:.3f}s  hvp {e['hvp_s']:.3f}s  ratio {e['hvp_ratio']:.2f} "
-              f"(vs double-graph fwd+bwd {e['hvp_ratio_double']:.2f})  s/batch {e.get('seconds_per_batch', '-')}")
+              f"(old path {e.get('hvp_ratio_old', '-')}) graph {e['graph_mib']:.0f} MiB hvp peak "
+              f"{e['hvp_peak_mib']:.0f} MiB  s/batch {e.get('seconds_per_batch', '-')}")
     print(f"wrote {path}")
     return 0
 

@@ -39,7 +39,12 @@ def test_check_targets(bench):
            "train": {"vmamba-s": {"img_per_s": 900.0}, "ViT-B-16": {"img_per_s": 1000.0}}}
     assert bench.check_targets(res) == {"S1_triton_vs_torch_fwd_bwd": True, "S2_triton_vs_torch_fwd_bwd": False,
                                         "S1_copy_bw": False, "vmamba_s_vs_vit_b16": False,
-                                        "triton_matches_ref_on_gpu": None}
+                                        "triton_matches_ref_on_gpu": None, "vmamba-nano_hvp_ratio": None,
+                                        "simba-nano_hvp_ratio": None, "vmamba-t220_hvp_ratio": None}
+    res["hvp"] = {"vmamba-nano": {"hvp_ratio": 2.5}, "simba-nano": {"hvp_ratio": 3.5}}
+    got = bench.check_targets(res)
+    assert (got["vmamba-nano_hvp_ratio"], got["simba-nano_hvp_ratio"], got["vmamba-t220_hvp_ratio"]) == \
+        (True, False, None)
     assert set(bench.check_targets({}).values()) == {None}
 
 
@@ -50,3 +55,14 @@ def test_help_and_no_cuda_refusal(bench):
         pytest.skip("a CUDA device is present")
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         bench.main(["--quick", "--out", "/nonexistent/bench_gpu.json"])
+
+
+def test_bench_hvp_runs_on_cpu_tiny(bench):
+    """The GPU HVP timing (issue 17) is device-agnostic: a tiny run on the CPU checks its logic."""
+    import mamba_clip
+
+    mamba_clip.register()
+    res = bench.bench_hvp("vmamba-nano", batch=2, rounds=1, device="cpu", image_size=32)
+    assert res["backend"] == "cpu" and res["hvp_s"] > 0 and res["fwd_bwd_s"] > 0
+    assert res["hvp_ratio"] == pytest.approx(res["hvp_s"] / res["fwd_bwd_s"])
+    assert len(res["raw"]["hvp_s"]) == 1 and set(bench.HVP_MODELS) == {"vmamba-nano", "simba-nano", "vmamba-t220"}

@@ -1,13 +1,14 @@
 """Selective-scan kernels and the Mamba block.
 
 ``selective_scan`` has mamba-ssm ``selective_scan_fn`` semantics with backends "cuda" (mamba-ssm),
-"cpu" (our fused C kernel), "triton" (our Triton kernels, CUDA), "torch" (vectorised, twice
-differentiable) and "ref" (sequential oracle);
+"cpu" (our fused C kernel), "triton" (our Triton kernels, CUDA), "torch" (vectorised) and "ref"
+(sequential oracle); all but mamba-ssm's "cuda" are differentiable to any order, in reverse and forward
+mode (:mod:`.linear_recurrence`, :mod:`.scan_graph`);
 ``"auto"`` picks one. Importing this package never imports mamba-ssm.
 
     from mamba_clip.ops import selective_scan, Mamba, double_backward
     y = selective_scan(u, delta, A, B, C, D, z=z, delta_bias=db, delta_softplus=True)
-    with double_backward():          # graphs that will be differentiated twice
+    with double_backward():          # only to avoid mamba-ssm's first-order "cuda" kernel
         loss = model(x).sum()
 """
 

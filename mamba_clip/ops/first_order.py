@@ -1,12 +1,12 @@
-"""Guards for the first-order-only scan backends ("cpu", "cuda").
+"""Guards for the first-order-only scan backend ("cuda", mamba-ssm).
 
-The fused kernels have hand-written first-order backwards. Differentiating such a backward again
+mamba-ssm's kernel has a hand-written first-order backward. Differentiating it again
 (``torch.autograd.grad(..., create_graph=True)`` followed by a second ``grad``: Hessian-vector
-products, PyHessian, gradient penalties) is wrong in two different ways without a guard: through our
-"cpu" custom op torch raises its bare "no autograd formula was registered" error, and through
-mamba-ssm's CUDA op (a plain ``autograd.Function`` whose backward calls the extension) the
-second-order terms are dropped silently. Both backends call :func:`check_first_order` instead, which
-raises :class:`FirstOrderOnlyError` naming :func:`mamba_clip.ops.double_backward`.
+products, PyHessian, gradient penalties) would drop the second-order terms silently (its op is a
+plain ``autograd.Function`` whose backward calls the extension); the backend calls
+:func:`check_first_order` instead, which raises :class:`FirstOrderOnlyError` naming
+:func:`mamba_clip.ops.double_backward`. (Our "cpu" and "triton" kernels are exact under
+``create_graph`` since issue 17: :mod:`mamba_clip.ops.scan_graph`.)
 
 A backward runs with grad mode enabled exactly when the caller asked for ``create_graph=True``; that
 is what the check looks at.

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .selective_scan import in_double_backward, selective_scan
+from .selective_scan import _forced_backend, in_double_backward, selective_scan
 
 __all__ = ["Mamba", "mamba_fast_path_available"]
 
@@ -141,9 +141,11 @@ class Mamba(nn.Module):
         batch, seqlen, _ = hidden_states.shape
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (b, 2*d_inner, L)
         A = -torch.exp(self.A_log.float())
-        # Not inside double_backward(): mamba_inner_fn's backward is first-order only.
+        # Not inside double_backward() nor when another backend is forced (second_order_mode forces
+        # "triton"): mamba_inner_fn's backward is first-order only.
         if self.use_fast_path and hidden_states.is_cuda and self.backend in ("auto", "cuda") \
-                and not in_double_backward() and mamba_fast_path_available():
+                and _forced_backend() in ("auto", "cuda") and not in_double_backward() \
+                and mamba_fast_path_available():
             from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
 
             from .scan_cuda import guard_first_order

@@ -8,7 +8,10 @@ A failed build raises :class:`KernelBuildError` naming the command and the compi
 ``backend="auto"`` then falls back to "torch" with a one-time warning.
 
 The kernel is exposed as two ``torch.library`` custom ops (``mamba_clip::scan_cpu_fwd`` and
-``mamba_clip::scan_cpu_bwd``) with an autograd formula, so ``torch.compile`` treats it as opaque.
+``mamba_clip::scan_cpu_bwd``) with an autograd formula, so ``torch.compile`` treats it as opaque. The
+formula is first order; a ``create_graph=True`` backward returns the gradients of
+:func:`~mamba_clip.ops.scan_graph.scan_graph` on the fused linear-recurrence kernel (``ss_linrec``)
+instead, and forward-mode AD / ``torch.func`` transforms run that graph (issue 17).
 The same library holds the fused VMamba SS2D inference forward for N == 1 (``ss2d_fwd_n1``, op
 ``mamba_clip::ss2d_cpu_fwd``, no autograd; see :mod:`mamba_clip.ops.ss2d_fused`).
 Threads: ``torch.get_num_threads()`` (1 in a fork() child of a process that already used the
@@ -40,7 +43,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .first_order import check_first_order
+from .scan_graph import create_graph_needed, graph_backward_bt, scan_graph, transform_active
 
 __all__ = [
     "KernelBuildError",
@@ -380,9 +383,10 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, dlast, *_):
     u, delta, A, Bt, Ct, D, z, delta_bias, dts, hs = ctx.saved_tensors
-    # create_graph=True through this first-order kernel: a clear error naming double_backward()
-    # instead of torch's bare "no autograd formula" one.
-    check_first_order("cpu", (u, delta, A, Bt, Ct, D, z, delta_bias, dout, dlast))
+    if create_graph_needed((u, delta, A, Bt, Ct, D, z, delta_bias, dout, dlast)):
+        # create_graph=True: gradients of the fused-recurrence graph, exact to any order (issue 17)
+        return (*graph_backward_bt((u, delta, A, Bt, Ct, D, z, delta_bias), ctx.softplus, "cpu", dout,
+                                   dlast), None, None)
     if dout is None:
         dout = torch.zeros_like(u)
     grads = _scan_bwd(u, delta, A, Bt, Ct, D, z, delta_bias, ctx.softplus, dout.contiguous(),
@@ -423,6 +427,11 @@ def selective_scan_cpu(
         G = math.lcm(B.shape[1], C.shape[1])
         B = B.repeat_interleave(G // B.shape[1], dim=1)
         C = C.repeat_interleave(G // C.shape[1], dim=1)
+    if transform_active((u, delta, A, B, C, D, z, delta_bias)):  # forward AD / torch.func: the graph
+        out, last = scan_graph(_f32(u), _f32(delta), _f32(A), B.to(torch.float32), C.to(torch.float32),
+                               _f32(D), _f32(z), _f32(delta_bias), bool(delta_softplus), "cpu")
+        out = out.to(u.dtype)
+        return (out, last) if return_last_state else out
     Bt = B.to(torch.float32).transpose(-1, -2).contiguous()
     Ct = C.to(torch.float32).transpose(-1, -2).contiguous()
     save = A.shape[1] == 1 and torch.is_grad_enabled() and any(

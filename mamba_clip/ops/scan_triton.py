@@ -9,8 +9,9 @@ group counts; N from 1 (VMamba) to 64 and beyond (SiMBA).
 
 Exposed as two ``torch.library`` custom ops (``mamba_clip::scan_triton_fwd`` / ``scan_triton_bwd``)
 with an autograd formula and fake (meta) kernels, so ``torch.compile`` keeps them as single opaque
-calls without graph breaks. The backward is first order only; a ``create_graph=True`` backward raises
-:class:`~mamba_clip.ops.first_order.FirstOrderOnlyError` naming ``mamba_clip.ops.double_backward()``.
+calls without graph breaks. The hand-written backward is first order; a ``create_graph=True`` backward
+returns the gradients of :func:`~mamba_clip.ops.scan_graph.scan_graph` on the triton linear-recurrence
+kernel instead (exact to any order), and forward-mode AD / ``torch.func`` transforms run that graph.
 
 On CPU tensors the kernels run under Triton's interpreter when ``TRITON_INTERPRET=1`` is set (that is
 how CI tests them); otherwise the backend needs CUDA tensors.
@@ -28,7 +29,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .first_order import check_first_order
+from .scan_graph import create_graph_needed, graph_backward, scan_graph, transform_active
 
 __all__ = [
     "block_sizes",
@@ -254,7 +255,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, dlast, _):
     u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
-    check_first_order("triton", (u, delta, A, B, C, D, z, delta_bias, dout, dlast))
+    if create_graph_needed((u, delta, A, B, C, D, z, delta_bias, dout, dlast)):
+        # create_graph=True: gradients of the fused-recurrence graph, exact to any order (issue 17)
+        f32 = [None if t is None else t.float() for t in (u, delta, A, B, C, D, z, delta_bias)]
+        grads = graph_backward(f32, ctx.softplus, "triton", dout, dlast)
+        return (*[None if g is None else g.to(t.dtype) for g, t in zip(grads, (u, delta, A, B, C, D, z,
+                                                                                  delta_bias))], None, None)
     if not ctx.save:
         raise RuntimeError("selective_scan (triton): the forward ran without saving its chunk states "
                            "(no input required grad), so it cannot be differentiated")
@@ -296,6 +302,11 @@ def selective_scan_triton(
         B = B.unsqueeze(1)
     if C.dim() == 3:
         C = C.unsqueeze(1)
+    if transform_active((u, delta, A, B, C, D, z, delta_bias)):  # forward AD / torch.func: the graph
+        f32 = [None if t is None else t.float() for t in (u, delta, A, B, C, D, z, delta_bias)]
+        out, last = scan_graph(*f32, bool(delta_softplus), "triton")
+        out = out.to(u.dtype)
+        return (out, last) if return_last_state else out
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
     out, last, _ = _scan_fwd(u.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(),

@@ -5,6 +5,9 @@ Semantics are those of mamba-ssm's ``selective_scan_fn`` (Gu & Dao 2023). Backen
 * ``"cuda"``  mamba-ssm's fused kernel (needs ``mamba_ssm`` and CUDA tensors);
 * ``"cpu"``   our fused, multi-threaded C kernel (``csrc/selective_scan_cpu.c``, built on first use);
 * ``"torch"`` pure-PyTorch chunked scan, twice differentiable;
+
+"cpu" and "triton" are exact under ``create_graph=True``, forward-mode AD and ``torch.func``
+transforms too (issue 17; :mod:`.scan_graph`, :mod:`.linear_recurrence`); only "cuda" is first order.
 * ``"ref"``   the sequential oracle;
 * ``"triton"`` our Triton kernels (CUDA tensors; on CPU only under ``TRITON_INTERPRET=1``, for tests).
 
@@ -48,9 +51,9 @@ _warned_cpu_fallback = False
 def double_backward() -> Iterator[None]:
     """Within this context ``backend="auto"`` resolves to ``"torch"`` (twice differentiable).
 
-    The fused kernels ("cuda", "cpu") have hand-written first-order backwards only. Wrap the forward
-    pass of anything you will differentiate twice (``create_graph=True``, Hessian-vector products,
-    PyHessian) in ``with mamba_clip.ops.double_backward(): ...``. Thread-local, re-entrant.
+    Kept for old code: since issue 17 the "cpu" and "triton" kernels are exact under
+    ``create_graph=True`` themselves, so this is needed only to keep mamba-ssm's first-order "cuda"
+    kernel out of a graph that will be differentiated twice. Thread-local, re-entrant.
     """
     prev = getattr(_state, "double_backward", 0)
     _state.double_backward = prev + 1

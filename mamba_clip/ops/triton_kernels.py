@@ -296,3 +296,41 @@ def cross_merge_kernel(
     acc += tl.load(base + 2 * C * L + (L - 1 - rm), mask=mask, other=0.0).to(tl.float32)
     acc += tl.load(base + 3 * C * L + (L - 1 - cm), mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + pid_b * sob + c3 * soc + h3 * soh + w3 * sow, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def linrec_kernel(a_ptr, x_ptr, h_ptr, R, L, n_chunks, REVERSE: tl.constexpr, BLOCK_R: tl.constexpr,
+                  BLOCK_T: tl.constexpr):
+    """Linear recurrence along the last axis of (R, L) rows (the primitive of the twice-differentiable
+    path, :mod:`mamba_clip.ops.linear_recurrence`); ``a_t`` links steps t-1 and t:
+    forward ``h_t = a_t h_{t-1} + x_t`` (h_{-1} = 0), reverse ``h_t = a_{t+1} h_{t+1} + x_t`` (h_L = 0).
+    One program owns BLOCK_R rows and walks the chunks of BLOCK_T steps (backwards when REVERSE), one
+    ``tl.associative_scan`` per chunk from the carried state."""
+    pid = tl.program_id(0).to(tl.int64)
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    mask_r = rows < R
+    loc_t = tl.arange(0, BLOCK_T)
+    carry = tl.full((BLOCK_R,), 0.0, tl.float32)
+    for i in range(n_chunks):
+        if REVERSE:
+            c = n_chunks - 1 - i
+        else:
+            c = i
+        offs_t = c * BLOCK_T + loc_t
+        mask_t = offs_t < L
+        m2 = mask_r[:, None] & mask_t[None, :]
+        off = rows[:, None] * L + offs_t[None, :]
+        x = tl.load(x_ptr + off, mask=m2, other=0.0).to(tl.float32)
+        if REVERSE:
+            ma = mask_r[:, None] & (offs_t + 1 < L)[None, :]
+            a = tl.load(a_ptr + off + 1, mask=ma, other=0.0).to(tl.float32)
+            aa, bb = tl.associative_scan((a, x), 1, _first_order, reverse=True)
+            hs = bb + aa * carry[:, None]
+            carry = _sum(tl.where((loc_t == 0)[None, :], hs, 0.0), axis=1)
+        else:
+            ma = m2 & (offs_t > 0)[None, :]
+            a = tl.load(a_ptr + off, mask=ma, other=0.0).to(tl.float32)
+            aa, bb = tl.associative_scan((a, x), 1, _first_order)
+            hs = bb + aa * carry[:, None]
+            carry = _sum(tl.where((loc_t == BLOCK_T - 1)[None, :], hs, 0.0), axis=1)
+        tl.store(h_ptr + off, hs.to(h_ptr.dtype.element_ty), mask=m2)

@@ -7,7 +7,7 @@
 
 Modules: :mod:`.eigen` (top eigenvalues of one batch: PyHessian power iteration through
 :mod:`.pyhessian_adapter`, or our Lanczos on :mod:`.hvp` products), :mod:`.hvp` (the
-``double_backward()`` / math-attention / float32 context and our Hessian-vector products),
+second-order context (default scan backend, math attention, float32) and our Hessian-vector products),
 :mod:`.losses` (CLIP and zero-shot losses), :mod:`.params` (parameter sets), :mod:`.data` (what
 ``data`` may be), :mod:`.spectrum` (batches, run folders, resume), :mod:`.plot` (the figure),
 :mod:`.cli` (``mamba-clip hessian``).

@@ -1,7 +1,7 @@
 """Top Hessian eigenvalues of a loss on one batch: :func:`hessian_top_eigenvalues`.
 
 Two engines, both on exact Hessian-vector products built inside :func:`~.hvp.second_order_mode`
-(``mamba_clip.ops.double_backward()``, math attention, float32):
+(the default scan backend, exact under create_graph; math attention, float32):
 
 * ``method="power"`` (default): PyHessian's power iteration with deflation, through
   :mod:`.pyhessian_adapter`. It is the method of Park & Kim (2022) whose Figure 3 the report follows;

@@ -3,8 +3,10 @@ Hessian-vector products (reverse-over-reverse, ``torch.autograd.grad(create_grap
 
 Everything that is differentiated twice is built inside :func:`second_order_mode`, which
 
-* enters :func:`mamba_clip.ops.double_backward` (the selective scan resolves to the twice-differentiable
-  "torch" backend; the fused "cpu"/"cuda" kernels are first-order only and would raise),
+* keeps the selective scan on its default backend: the fused "cpu" and "triton" kernels are exact
+  under ``create_graph=True`` (their double backward runs on the fused linear-recurrence kernel,
+  issue 17); only mamba-ssm's first-order "cuda" kernel is swapped, for "triton" (or "torch"),
+  by :func:`second_order_backend`,
 * forces scaled-dot-product attention onto its math backend (the flash / memory-efficient kernels
   have no double backward),
 * disables autocast and requires float32 (or float64) parameters,
@@ -24,7 +26,8 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from mamba_clip.ops import double_backward
+from mamba_clip.ops import scan_backend
+from mamba_clip.ops.selective_scan import available_backends, resolve_backend
 
 LossFn = Callable[[nn.Module, object], Tensor]
 
@@ -53,7 +56,9 @@ def second_order_mode(model: nn.Module, params: Sequence[Tensor]) -> Iterator[No
             p.grad = None
         model.eval()
         with contextlib.ExitStack() as stack:
-            stack.enter_context(double_backward())
+            backend = second_order_backend(params[0])
+            if backend is not None:
+                stack.enter_context(scan_backend(backend))
             stack.enter_context(sdpa_kernel(SDPBackend.MATH))
             stack.enter_context(torch.autocast(device_type=dev if dev in ("cpu", "cuda") else "cpu",
                                                enabled=False))
@@ -66,6 +71,15 @@ def second_order_mode(model: nn.Module, params: Sequence[Tensor]) -> Iterator[No
             p.grad = g
         for m, t in modes:
             m.training = t
+
+
+def second_order_backend(like: Tensor):
+    """The scan backend to force for second-order work on ``like``'s device, or None to keep the
+    default: "auto" resolves to the first-order-only "cuda" kernel (mamba-ssm) -> "triton" if
+    available, else "torch"."""
+    if resolve_backend("auto", like) != "cuda":
+        return None
+    return "triton" if "triton" in available_backends() else "torch"
 
 
 def loss_gradient(model: nn.Module, loss_fn: LossFn, batch, params: Sequence[Tensor]

@@ -1205,3 +1205,48 @@ int ss2d_fwd_n1(const float* u, const float* xd, const float* dtw, const float* 
     free(pos);
     return err;
 }
+
+/* ------------------------------------------------------------------------------------------------
+ * Linear recurrence along the last axis of R contiguous rows of length L: the primitive of the
+ * twice-differentiable path (mamba_clip/ops/linear_recurrence.py, issue 17). a_t is the coefficient
+ * of the link between steps t-1 and t:
+ *   forward  h_t = a_t h_{t-1} + x_t      (h_{-1} = 0, so a_0 is not read)
+ *   reverse  h_t = a_{t+1} h_{t+1} + x_t  (h_L = 0: the adjoint of the forward with the same links)
+ * Rows run 8 at a time as independent chains (latency hidden), OpenMP over row blocks.
+ * ------------------------------------------------------------------------------------------------ */
+#define LR_W 8
+static void linrec_rows(const float* RESTRICT a, const float* RESTRICT x, float* RESTRICT h, int64_t nr,
+                        int64_t L, int reverse) {
+    float hv[LR_W], an[LR_W];
+    for (int64_t k = 0; k < nr; k++) { hv[k] = 0.0f; an[k] = 0.0f; }
+    if (!reverse) {
+        for (int64_t k = 0; k < nr; k++) { hv[k] = x[k * L]; h[k * L] = hv[k]; }
+        for (int64_t t = 1; t < L; t++)
+            for (int64_t k = 0; k < nr; k++) {
+                hv[k] = a[k * L + t] * hv[k] + x[k * L + t];
+                h[k * L + t] = hv[k];
+            }
+    } else {
+        for (int64_t t = L - 1; t >= 0; t--)
+            for (int64_t k = 0; k < nr; k++) {
+                hv[k] = an[k] * hv[k] + x[k * L + t];
+                h[k * L + t] = hv[k];
+                an[k] = a[k * L + t];
+            }
+    }
+}
+
+int ss_linrec(const float* a, const float* x, float* h, int64_t R, int64_t L, int reverse, int nthreads) {
+    if (R <= 0 || L <= 0) return 0;
+    int64_t nblk = (R + LR_W - 1) / LR_W;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && R * L >= 65536)
+    for (int64_t i = 0; i < nblk; i++) {
+        int64_t r0 = i * LR_W;
+        int64_t nr = R - r0 < LR_W ? R - r0 : LR_W;
+        if (nr == LR_W)
+            linrec_rows(a + r0 * L, x + r0 * L, h + r0 * L, LR_W, L, reverse);
+        else
+            linrec_rows(a + r0 * L, x + r0 * L, h + r0 * L, nr, L, reverse);
+    }
+    return 0;
+}

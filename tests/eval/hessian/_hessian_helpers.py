@@ -22,10 +22,11 @@ class _LossModule(nn.Module):
 
 def dense_hessian(model, loss_fn, batch, named_params) -> torch.Tensor:
     """The (n, n) Hessian by ``torch.autograd.functional.hessian`` on a functional call, built
-    independently of the code under test (its own double_backward / math-attention / eval context)."""
+    independently of the code under test: its own math-attention / eval context and the sequential
+    "ref" scan (the code under test runs on the default, fused backends)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from mamba_clip.ops import double_backward
+    from mamba_clip.ops import scan_backend
 
     names = [n for n, _ in named_params]
     values = tuple(p.detach().clone() for _, p in named_params)
@@ -34,7 +35,7 @@ def dense_hessian(model, loss_fn, batch, named_params) -> torch.Tensor:
     model.eval()
     try:
         with contextlib.ExitStack() as st:
-            st.enter_context(double_backward())
+            st.enter_context(scan_backend("ref"))
             st.enter_context(sdpa_kernel(SDPBackend.MATH))
 
             def f(*vals):

@@ -203,3 +203,6 @@ def test_bench_hessian_script_runs_tiny(tmp_path):
     e = res["results"]["vit-nano"]
     assert e["hvp_ratio"] == pytest.approx(e["hvp_s"] / e["fwd_bwd_s"], rel=0.02)
     assert e["seconds_per_batch"] > 0 and e["batch_run"]["n_hvp"] >= 1  # kept from the first run
+    s = res["results"]["simba-nano"]  # issue 17: before/after ratio, graph size, load beside each round
+    assert s["hvp_ratio_old"] == pytest.approx(s["hvp_double_s"] / s["fwd_bwd_s"], rel=0.02)
+    assert s["graph_mib"] > 0 and s["hvp_peak_mib"] >= 0 and len(s["raw"]["loadavg"]) == 1
