@@ -18,13 +18,23 @@ SUBCOMMANDS = {
     "make-wds": "mamba_clip.eval.zeroshot.make_wds_cli",
     "hessian": "mamba_clip.eval.hessian.cli",
     "demo": "mamba_clip.demo",
+    "doctor": "mamba_clip.doctor",
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse errors as one line, ``error: ...`` with exit status 2, like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mamba-clip", description="Mamba vision towers for open_clip: checkpoints, evaluation, demo."
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show Python tracebacks on errors (also: MAMBA_CLIP_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     wanted = None
@@ -41,15 +51,37 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
                 continue  # feature not built yet
             raise
         module.add_parser(sub)
+    _use_help_formatter(parser)
     return parser
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default; descriptions keep their line breaks."""
+
+
+def iter_parsers(parser: argparse.ArgumentParser):
+    """``parser`` and all its subcommand parsers, depth first."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield from iter_parsers(child)
+
+
+def _use_help_formatter(parser: argparse.ArgumentParser) -> None:
+    for p in iter_parsers(parser):
+        p.formatter_class = HelpFormatter
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .cli_checks import debug_requested, run_command
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    result = args.func(args)
-    return int(result or 0)
+    return run_command(args.func, args, debug=debug)
 
 
 if __name__ == "__main__":
