@@ -111,6 +111,7 @@ def cross_scan_triton(x: Tensor, channels_last: bool = False) -> Tensor:
     if not isinstance(x, Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"cross_scan: x: expected a 4-d feature map (B, C, H, W) or (B, H, W, C), got {shape}")
+    _raise_if_unchecked(x)
     return _cross_scan_op(x, bool(channels_last))
 
 
@@ -120,12 +121,26 @@ def cross_merge_triton(ys: Tensor, h: int, w: int, channels_last: bool = False) 
     if not isinstance(ys, Tensor) or ys.dim() != 4 or ys.shape[1] != 4 or ys.shape[3] != h * w:
         shape = tuple(ys.shape) if isinstance(ys, Tensor) else type(ys).__name__
         raise ValueError(f"cross_merge: ys must have shape (B, 4, C, h*w={h * w}), got {shape}")
+    _raise_if_unchecked(ys)
     return _cross_merge_op(ys, int(h), int(w), bool(channels_last))
+
+
+def _raise_if_unchecked(t: Tensor) -> None:
+    """Explicit calls raise with the reason when the kernels failed their first-use self-check."""
+    from .triton_selfcheck import TritonSelfCheckError, cross_scan_check_error
+
+    check_device(t, _WHAT)
+    err = cross_scan_check_error(t.device, t.dtype)
+    if err:
+        raise TritonSelfCheckError(f"{_WHAT} failed its self-check on {t.device} / {t.dtype}: {err}; "
+                                   "use mamba_clip.ops.cross_scan instead")
 
 
 def use_triton(u: Tensor) -> bool:
     """Whether SS2D should use these kernels for scan input ``u``: exactly when its selective scan
-    resolves to the "triton" backend (CUDA without mamba-ssm's kernel, or ``scan_backend("triton")``)."""
+    resolves to the "triton" backend (CUDA without mamba-ssm's kernel, or ``scan_backend("triton")``)
+    and the fused cross-scan passed its first-use self-check (else a warning, once, and the torch path)."""
     from .selective_scan import resolve_backend
+    from .triton_selfcheck import triton_cross_scan_usable
 
-    return resolve_backend("auto", u) == "triton"
+    return resolve_backend("auto", u) == "triton" and triton_cross_scan_usable(u)

@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from .backend_names import BACKENDS
 from .first_order import check_first_order
 
 __all__ = [
@@ -109,8 +110,6 @@ def check_device(t: Tensor, what: str = "selective_scan: backend 'triton'") -> b
         return False
     if t.device.type == "cpu" and interpret_requested():
         return True
-    from .selective_scan import BACKENDS
-
     raise RuntimeError(
         f"{what} needs CUDA tensors, got device {t.device}; on the CPU it runs only under Triton's "
         f"interpreter (set TRITON_INTERPRET=1, slow: meant for tests). Accepted backends: {list(BACKENDS)}"
