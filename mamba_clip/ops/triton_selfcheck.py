@@ -2,7 +2,8 @@
 
 On the first use per (device, dtype), the "triton" selective scan and the fused cross-scan/merge are
 compiled and run on a tiny problem, forward and backward, against the "torch" backend / the plain
-PyTorch cross-scan. The result is cached for the process. ``backend="auto"`` uses
+PyTorch cross-scan (that check lives in :mod:`~mamba_clip.ops.cross_scan_triton`, on the machinery
+here). The result is cached for the process. ``backend="auto"`` uses
 :func:`triton_scan_usable`: on failure it warns once, with the reason, and the caller uses "torch".
 An explicit ``backend="triton"`` (or a direct :func:`cross_scan_triton` call) raises
 :class:`TritonSelfCheckError` with the reason instead.
@@ -19,11 +20,12 @@ from torch import Tensor
 
 __all__ = [
     "TritonSelfCheckError",
-    "cross_scan_check_error",
+    "check_once",
+    "compare",
     "reset",
     "scan_check_error",
-    "triton_cross_scan_usable",
     "triton_scan_usable",
+    "usable_or_warn",
 ]
 
 _lock = threading.Lock()
@@ -46,7 +48,8 @@ def _tol(dtype: torch.dtype) -> float:
     return 5e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-3
 
 
-def _compare(name: str, got: Tensor, want: Tensor, dtype: torch.dtype) -> str:
+def compare(name: str, got: Tensor, want: Tensor, dtype: torch.dtype) -> str:
+    """"" when ``got`` matches ``want`` within the dtype's tolerance, else what differs."""
     got, want = got.detach().float(), want.detach().float()
     if got.shape != want.shape:
         return f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
@@ -56,7 +59,8 @@ def _compare(name: str, got: Tensor, want: Tensor, dtype: torch.dtype) -> str:
     return "" if err <= _tol(dtype) else f"{name}: max relative error {err:.3g} > {_tol(dtype):g}"
 
 
-def _run_check(key: Tuple[str, str, str], check: Callable[[], str]) -> str:
+def check_once(key: Tuple[str, str, str], check: Callable[[], str]) -> str:
+    """``check()`` (returning "" or a reason; exceptions become the reason) once per ``key``, cached."""
     if key in _results:
         return _results[key]
     if torch.compiler.is_compiling():  # no side runs while tracing; eager use runs the check
@@ -100,43 +104,14 @@ def scan_check_error(device: torch.device, dtype: torch.dtype) -> str:
             outs.append((y, grads))
         (y1, g1), (y0, g0) = outs
         names = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias")
-        reasons = [_compare("forward", y1, y0, dtype)] + [_compare(k, a, b, dtype) for k, a, b in zip(names, g1, g0)]
+        reasons = [compare("forward", y1, y0, dtype)] + [compare(k, a, b, dtype) for k, a, b in zip(names, g1, g0)]
         return next((r for r in reasons if r), "")
 
-    return _run_check(("scan", str(device), str(dtype)), check)
+    return check_once(("scan", str(device), str(dtype)), check)
 
 
-def cross_scan_check_error(device: torch.device, dtype: torch.dtype) -> str:
-    """Why the fused cross-scan/merge is unusable on ``device`` / ``dtype`` ("" when it passed)."""
-    from . import cross_scan as ref
-    from . import cross_scan_triton as cst
-
-    def check() -> str:
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(1, 3, 4, 5, generator=g).to(device=device, dtype=dtype).requires_grad_()
-        for channels_last in (False, True):
-            xin = x.permute(0, 2, 3, 1) if channels_last else x
-            got = cst._cross_scan_op(xin, channels_last)
-            want = ref.cross_scan_ref(xin, channels_last)
-            reason = _compare(f"cross_scan (channels_last={channels_last})", got, want, dtype)
-            if reason:
-                return reason
-            merged = cst._cross_merge_op(got, 4, 5, channels_last)
-            want_m = ref.cross_merge_ref(want, 4, 5, channels_last)
-            reason = _compare(f"cross_merge (channels_last={channels_last})", merged, want_m, dtype)
-            if reason:
-                return reason
-            (dx,) = torch.autograd.grad(merged.float().square().sum(), x)
-            (dx0,) = torch.autograd.grad(want_m.float().square().sum(), x)
-            reason = _compare(f"cross_scan+merge backward (channels_last={channels_last})", dx, dx0, dtype)
-            if reason:
-                return reason
-        return ""
-
-    return _run_check(("cross_scan", str(device), str(dtype)), check)
-
-
-def _usable(kind: str, err: str, device: torch.device, dtype: torch.dtype) -> bool:
+def usable_or_warn(kind: str, err: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """False, with one warning per (kind, device, dtype), when ``err`` is a check failure."""
     if not err:
         return True
     key = (kind, str(device), str(dtype))
@@ -151,9 +126,4 @@ def _usable(kind: str, err: str, device: torch.device, dtype: torch.dtype) -> bo
 def triton_scan_usable(u: Tensor) -> bool:
     """For ``backend="auto"``: whether the "triton" scan passed its check on ``u``'s device and dtype
     (warns once per device and dtype when it did not)."""
-    return _usable("scan", scan_check_error(u.device, u.dtype), u.device, u.dtype)
-
-
-def triton_cross_scan_usable(x: Tensor) -> bool:
-    """For VMamba's SS2D: whether the fused cross-scan passed its check (warns once when it did not)."""
-    return _usable("cross_scan", cross_scan_check_error(x.device, x.dtype), x.device, x.dtype)
+    return usable_or_warn("scan", scan_check_error(u.device, u.dtype), u.device, u.dtype)
