@@ -55,8 +55,19 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     return parser
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every option's help ends with its default; descriptions keep their line breaks."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Options' help ends with ``(default: X)`` unless it already names its default or there is none
+    (None, False, required); descriptions keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text.lower() or action.required or action.default is None or action.default is False
+                or action.default is argparse.SUPPRESS or not action.option_strings):
+            return text
+        default = " ".join(map(str, action.default)) if isinstance(action.default, list) else "%(default)s"
+        if isinstance(action.default, list) and len(action.default) > 6:
+            default = f"{' '.join(map(str, action.default[:6]))} ... ({len(action.default)})"
+        return f"{text} (default: {default})"
 
 
 def iter_parsers(parser: argparse.ArgumentParser):

@@ -90,7 +90,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass")
     p.add_argument(
-        "--max-images", type=positive_int, default=None, help="evenly spaced subset per dataset (quick runs)"
+        "--max-images", type=positive_int, default=None,
+        help="evenly spaced subset per dataset (quick runs; default: all images)",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument(
