@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench venv
+.PHONY: demo test test-quick lint bench venv
 venv: $(STAMP)
 
 $(STAMP): setup.py
@@ -19,6 +19,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Everyday development: everything but the end-to-end tests marked slow, stop at the first failure.
+# The full suite (make test) runs in CI.
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -x -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
