@@ -214,7 +214,10 @@ def _metrics(args) -> int:
     if not raw:
         raise UsageError(f"--raw-data {args.raw_data!r}: no raw-data CSVs of {args.datasets} found")
     humans = read_raw_data(args.humans, datasets=args.datasets) if args.humans else None
-    summary = summarize(raw, models=args.models, humans=humans, datasets=args.datasets)
+    try:
+        summary = summarize(raw, models=args.models, humans=humans, datasets=args.datasets)
+    except ValueError as exc:  # e.g. a --models name without trials in --raw-data
+        raise UsageError(str(exc)) from None
     atomic_write_text(Path(args.out), json.dumps(summary, indent=2, sort_keys=True) + "\n")
     if args.figures:
         from .plots import figure1, figure2
