@@ -20,7 +20,7 @@ from typing import Callable, Iterable, List, Optional, Sequence, Union
 
 PathLike = Union[str, os.PathLike]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
-MAX_MESSAGE_LINES = 6
+MAX_MESSAGE_LINES = 4
 
 
 class UsageError(Exception):
@@ -153,9 +153,11 @@ def check_device(device: str, option: str = "--device") -> str:
     return device
 
 
-def check_pretrained(model: str, pretrained: Optional[str], option: str = "--pretrained") -> Optional[str]:
+def check_pretrained(model: str, pretrained: Optional[str], option: str = "--pretrained",
+                     image_size: Optional[int] = None) -> Optional[str]:
     """None / ``none`` (random weights), a pretrained tag of ``model``, or a readable checkpoint file
-    of the right model. Returns the value to pass to open_clip (None for random weights)."""
+    of the right model (keys and shapes checked unless ``image_size`` overrides the model's, which can
+    change shapes). Returns the value to pass to open_clip (None for random weights)."""
     if pretrained is None or pretrained.strip().lower() in ("", "none", "random"):
         return None
     import open_clip
@@ -165,10 +167,11 @@ def check_pretrained(model: str, pretrained: Optional[str], option: str = "--pre
         return pretrained
     if os.path.exists(pretrained) or os.sep in pretrained or Path(pretrained).suffix in (".pt", ".pth", ".bin",
                                                                                        ".safetensors"):
-        check_checkpoint(pretrained, model, option)
+        check_checkpoint(pretrained, None if image_size else model, option)
         return pretrained
-    raise UsageError(f"{option} {pretrained!r} is neither a pretrained tag of {model} (accepted: "
-                     f"{', '.join(tags) or 'none'}, 'none' for random weights) nor an existing checkpoint file")
+    accepted = f"its tags: {', '.join(tags)}" if tags else f"{model} has no pretrained tags"
+    raise UsageError(f"{option} {pretrained!r} is neither a pretrained tag ({accepted}) nor an existing "
+                     "checkpoint file; 'none' means random weights")
 
 
 def check_checkpoint(path: PathLike, model: Optional[str] = None, option: str = "checkpoint") -> None:

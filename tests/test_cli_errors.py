@@ -44,6 +44,12 @@ def work(tmp_path_factory):
     (root / "truncated.pt").write_bytes(b"PK\x03\x04" + b"\0" * 200)
     (root / "notes.txt").write_text("not a checkpoint\n")
     (root / "ckpt.safetensors").write_bytes(b"x")  # placeholder for convert's output naming check
+    import open_clip
+
+    from mamba_clip.openclip_ext.checkpoints import save_safetensors
+
+    other = open_clip.create_model("simba-nano").state_dict()  # the wrong model for vmamba-nano
+    save_safetensors(other, str(root / "simba-nano.safetensors"), {"model": "simba-nano"})
     ood = root / "ood"
     (ood / "cue-conflict" / "cat").mkdir(parents=True)
     (ood / "cue-conflict" / "cat" / "cat1-dog1.png").write_bytes(PNG_1PX[:50])
@@ -78,6 +84,7 @@ def _cases(w: Path):
         (hs + ["--model", "vmamba-nano", "--threads", "-1"], "--threads"),
         (hs + ["--model", "vmamba-nano", "--image-size", "0"], "--image-size"),
         (hs + ["--model", "vmamba-nano", "--pretrained", trunc], "truncated"),
+        (hs + ["--model", "vmamba-nano", "--pretrained", str(w / "simba-nano.safetensors")], "simba-nano"),
         (hs + ["--model", "vmamba-nano", "--device", "cuda:7"], "cuda:7"),
         (["convert", str(w / "missing.pt"), "-o", str(w / "x.safetensors")], "missing.pt"),
         (["convert", notes, "-o", str(w / "x.safetensors")], "notes.txt"),

@@ -117,7 +117,7 @@ def _run(args) -> int:
     data = Path(args.data)
     templates = _templates(args.templates)
     check_model(args.model)
-    pretrained = check_pretrained(args.model, args.pretrained)
+    pretrained = check_pretrained(args.model, args.pretrained, image_size=args.image_size)
     check_device(args.device)
     _check_data(data)
 

@@ -60,7 +60,7 @@ def _run(args) -> int:
     except UnknownDatasetError as exc:
         raise UsageError(f"--datasets: {exc}") from None
     check_model(args.model)
-    args.pretrained = check_pretrained(args.model, args.pretrained)
+    args.pretrained = check_pretrained(args.model, args.pretrained, image_size=args.image_size)
     check_folder(args.dataset_root, "--dataset-root", non_empty=False)  # empty: all listed as missing
     check_device(args.device)
     from .suite import run_suite
