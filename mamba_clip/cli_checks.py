@@ -255,6 +255,8 @@ def check_folder(folder: PathLike, option: str, *, non_empty: bool = True) -> Pa
 def check_file(path: PathLike, option: str) -> Path:
     """An existing, readable file."""
     p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{option} {str(path)!r} is a folder, expected a file")
     if not p.is_file():
         raise UsageError(f"{option} {str(path)!r}: no such file")
     if not os.access(p, os.R_OK):
