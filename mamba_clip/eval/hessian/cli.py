@@ -124,24 +124,32 @@ def _run(args) -> int:
     import open_clip
     import torch
 
+    from mamba_clip.distributed import Dist
+
     from .spectrum import hessian_spectrum
 
     if args.threads:
         torch.set_num_threads(args.threads)
     loss = args.loss or ("zeroshot" if data.is_dir() else "clip")
     kw = {"force_image_size": args.image_size} if args.image_size else {}
+    dist = Dist.start(args.out)  # several processes (torchrun / SLURM): the batches are split over them
+    device = dist.device(args.device)
     model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=pretrained,
-                                                                 device=args.device, **kw)
+                                                                 device=device, **kw)
     tokenizer = open_clip.get_tokenizer(args.model)
     try:
         spec = hessian_spectrum(
             model, data, loss=loss, n_samples=args.n_samples, batch_size=args.batch_size, k=args.k,
             params=args.params, templates=templates, tokenizer=tokenizer, seed=args.seed,
             progress=not args.no_progress, out_dir=args.out, max_iter=args.max_iter, tol=args.tol,
-            method=args.method, label=args.label or args.model, transform=preprocess, device=args.device,
+            method=args.method, label=args.label or args.model, transform=preprocess, device=device, dist=dist,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e)) from None
+    finally:
+        dist.close()
+    if not dist.is_main:
+        return 0
     m = spec.summary()
     print(f"{m['label']}: {m['n_values']} eigenvalues from {m['n_batches']} batches, {m['n_negative']} negative, "
           f"max {m['max']:.4g}, min {m['min']:.4g}, {m['seconds_per_batch']:.2f} s/batch")

@@ -9,12 +9,17 @@ that makes it resumable:
                            n_images, seconds, n_hvp), written atomically with it
 
 A rerun with the same settings skips the finished batches; other settings raise an error naming the
-differences. Each batch goes through :func:`~.eigen.hessian_top_eigen` (PyHessian power iteration or
+differences. Run as several processes (``torchrun``, SLURM; ``mamba_clip.distributed``), the batches are
+split over the ranks: each rank writes its batches as ``RUN/parts/batch-<index>.json`` (atomic, tagged
+with a digest of the settings), and rank 0 merges the union into ``eigenvalues.json`` / ``.npz`` once all
+ranks are done (a rerun with any number of processes also reads the parts, skips their batches and
+merges them). Each batch goes through :func:`~.eigen.hessian_top_eigen` (PyHessian power iteration or
 our Lanczos, see there); the seed of batch ``i`` is ``seed + i``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -46,6 +51,7 @@ from .params import describe, select_parameters
 FORMAT = "mamba_clip.hessian.eigenvalues/1"
 JSON_NAME = "eigenvalues.json"
 NPZ_NAME = "eigenvalues.npz"
+PARTS_DIR = "parts"
 # settings that define the computation: a resumed run must agree on all of them
 KEY_SETTINGS = ("loss", "params", "n_params", "k", "max_iter", "tol", "method", "seed", "batch_size",
                 "n_samples", "data", "n_data", "image_shape", "classnames", "templates", "logit_scale")
@@ -116,8 +122,11 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 class RunStore:
     """The run folder: load, check settings, append one batch at a time (atomic writes)."""
 
-    def __init__(self, out_dir: Union[str, os.PathLike], label: str, settings: dict):
+    def __init__(self, out_dir: Union[str, os.PathLike], label: str, settings: dict, parts_only: bool = False):
         self.dir = Path(out_dir)
+        self.parts_only = parts_only  # several ranks: each batch to its own part file, rank 0 merges
+        self.key = hashlib.sha1(json.dumps({k: settings.get(k) for k in KEY_SETTINGS}, sort_keys=True,
+                                           default=str).encode()).hexdigest()[:16]  # fmt: skip
         self.record = {"format": FORMAT, "label": label, "settings": settings, "batches": [], "complete": False}
         path = self.dir / JSON_NAME
         if path.is_file():
@@ -132,13 +141,47 @@ class RunStore:
                                  "folder or delete it to start again")
             self.record["batches"] = old["batches"]
 
+    def _parts(self) -> Dict[int, dict]:
+        """Batches written by the ranks of a multi-process run and not merged yet."""
+        found = {}
+        for path in sorted((self.dir / PARTS_DIR).glob("batch-*.json")):
+            try:
+                part = json.loads(path.read_text())
+            except (OSError, ValueError):  # pragma: no cover  (atomic writes: never half-written)
+                continue
+            if part.get("key") != self.key:
+                raise ValueError(f"{path} is a batch of a run with other settings; use another output folder "
+                                 "or delete it to start again")
+            found[part["entry"]["index"]] = part["entry"]
+        return found
+
     def done(self) -> Dict[int, dict]:
-        return {r["index"]: r for r in self.record["batches"]}
+        return {**self._parts(), **{r["index"]: r for r in self.record["batches"]}}
 
     def add(self, entry: dict) -> None:
+        if self.parts_only:
+            part = {"key": self.key, "entry": entry}
+            _atomic_write_bytes(self.dir / PARTS_DIR / f"batch-{entry['index']:06d}.json",
+                                (json.dumps(part) + "\n").encode())  # fmt: skip
+            return
         self.record["batches"] = [r for r in self.record["batches"] if r["index"] != entry["index"]] + [entry]
         self.record["batches"].sort(key=lambda r: r["index"])
         self.save()
+
+    def merge_parts(self, n_planned: Optional[int] = None) -> None:
+        """Fold the part files into the record, save it (``complete`` when all ``n_planned`` batches are
+        in), then delete the parts (a part that outlives a crash here is merged again, no harm)."""
+        parts = self._parts()
+        by_index = {**{r["index"]: r for r in self.record["batches"]}, **parts}
+        self.record["batches"] = [by_index[i] for i in sorted(by_index)]
+        self.save(complete=n_planned is None or len(by_index) >= n_planned)
+        for i in parts:
+            (self.dir / PARTS_DIR / f"batch-{i:06d}.json").unlink(missing_ok=True)
+
+    def spectrum(self) -> "HessianSpectrum":
+        """The union of saved batches and parts (without writing)."""
+        rec = dict(self.record, batches=[b for _, b in sorted(self.done().items())])
+        return _from_record(rec, str(self.dir / JSON_NAME))
 
     def save(self, complete: Optional[bool] = None) -> None:
         if complete is not None:
@@ -178,6 +221,7 @@ def hessian_spectrum(
     transform: Optional[Callable] = None,
     logit_scale: Optional[float] = None,
     device=None,
+    dist=None,
 ) -> HessianSpectrum:
     """Top-``k`` Hessian eigenvalues of the loss on each of ``ceil(n_samples / batch_size)`` batches.
 
@@ -201,6 +245,8 @@ def hessian_spectrum(
             ``seed + i``; ``seed`` also draws the samples).
         out_dir: run folder (resumable, see the module docstring); ``label`` names the model in it
             and in plots.
+        dist: a :class:`mamba_clip.distributed.Dist` to split the batches over several processes (needs
+            ``out_dir``, the meeting point); rank 0 returns the merged spectrum, other ranks their view.
 
     Returns:
         :class:`HessianSpectrum` (``.eigenvalues`` (batches, k), ``.values`` pooled, ``.n_negative``).
@@ -251,12 +297,17 @@ def hessian_spectrum(
     }
     if dataset is not None and len(dataset):
         settings["image_shape"] = list(dataset[0][0].shape)
-    store = RunStore(out_dir, label, settings) if out_dir is not None else None
+    several = dist is not None and dist.world_size > 1
+    if several and (out_dir is None or n_planned is None):
+        raise ValueError("several processes need a run folder (out_dir) and a data set of known size")
+    store = RunStore(out_dir, label, settings, parts_only=several) if out_dir is not None else None
     done = store.done() if store is not None else {}
     results = dict(done)
-    with tqdm(total=n_planned, desc=f"Hessian {label}", unit="batch", disable=not progress,
-              initial=len(done)) as bar:
-        for batch in iter_batches(data, dataset, n_samples, batch_size, seed, skip=lambda i: i in done):
+    mine = set(dist.share(list(range(n_planned)), done=lambda i: i in done)) if several else None
+    with tqdm(total=n_planned if mine is None else len(mine), desc=f"Hessian {label}", unit="batch",
+              disable=not progress, initial=len(done) if mine is None else 0) as bar:  # fmt: skip
+        skip = (lambda i: i in done) if mine is None else (lambda i: i not in mine)
+        for batch in iter_batches(data, dataset, n_samples, batch_size, seed, skip=skip):
             targets = _prepare_targets(batch, loss, classnames, temps, tokenizer)
             images = batch.images.to(device=device, dtype=plist[0].dtype)
             if isinstance(targets, torch.Tensor):
@@ -271,8 +322,19 @@ def hessian_spectrum(
                 store.add(entry)
             bar.update(1)
             bar.set_postfix(top=f"{entry['eigenvalues'][0]:.3g}")
+            if dist is not None:
+                dist.item_done()
+    if store is not None and several:
+        dist.barrier("hessian")
+        if not dist.is_main:
+            return store.spectrum()
+        store.merge_parts(n_planned)
+        return HessianSpectrum.load(store.dir)
     if store is not None:
-        store.save(complete=True)
+        if (store.dir / PARTS_DIR).is_dir():
+            store.merge_parts()  # batches of an earlier multi-process run
+        else:
+            store.save(complete=True)
         return HessianSpectrum.load(store.dir)
     rec = {"format": FORMAT, "label": label, "settings": settings, "complete": True,
            "batches": [results[i] for i in sorted(results)]}

@@ -160,6 +160,7 @@ def _evaluate(args) -> int:
         check_pretrained,
         first_bad_image,
     )
+    from mamba_clip.distributed import Dist
 
     from .classifier import parse_model_spec
     from .datasets import list_samples, resolve_dataset
@@ -189,12 +190,19 @@ def _evaluate(args) -> int:
             raise UsageError(f"--datasets {d}: image {bad[0]} cannot be decoded ({bad[1]})")
         datasets.append((name, folder))
     check_device(args.device)
-    summary = run_evaluation(
-        args.models, datasets, args.out, humans=args.humans, head=args.head,
-        templates=templates,
-        batch_size=args.batch_size, max_images=args.max_images, device=args.device, cache_dir=args.cache_dir,
-        resume=not args.no_resume, progress=not args.no_progress, figures=not args.no_figures,
-    )  # fmt: skip
+    dist = Dist.start(args.out)  # several processes (torchrun / SLURM): the pairs are split over them
+    try:
+        summary = run_evaluation(
+            args.models, datasets, args.out, humans=args.humans, head=args.head,
+            templates=templates,
+            batch_size=args.batch_size, max_images=args.max_images, device=dist.device(args.device),
+            cache_dir=args.cache_dir, resume=not args.no_resume, progress=not args.no_progress,
+            figures=not args.no_figures, dist=dist,
+        )  # fmt: skip
+    finally:
+        dist.close()
+    if summary is None:  # another rank writes the summary (or a rerun, after a SLURM array)
+        return 0
     _print_table(summary)
     print(f"wrote {Path(args.out) / 'summary.json'}")
     return 0

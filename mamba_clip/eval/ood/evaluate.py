@@ -9,13 +9,16 @@ Output folder::
     <out>/figure2.png                                            accuracy against condition
 
 A finished (dataset, model) CSV is skipped on the next run (resume); every file is written
-atomically, so an interrupted run leaves no partial CSV.
+atomically, so an interrupted run leaves no partial CSV. Run as several processes (``torchrun``, SLURM;
+``mamba_clip.distributed``), the (model, dataset) pairs are split over the ranks (consecutive blocks, so
+each rank loads few models); rank 0 writes the summary and figures once all ranks are done.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -92,27 +95,47 @@ def run_evaluation(
     resume: bool = True,
     progress: bool = True,
     figures: bool = True,
-) -> Dict[str, dict]:
+    dist=None,
+) -> Optional[Dict[str, dict]]:
     """Evaluate ``models`` (``NAME[:PRETRAINED]``) on ``datasets`` ((name, folder) pairs), then write
     ``summary.json`` (humans from ``humans``, a raw-data folder, when given) and the figures.
-    Returns the summary."""
+    Returns the summary. ``dist``: a :class:`mamba_clip.distributed.Dist` splitting the pairs over
+    several processes; only rank 0 writes the summary and returns it (None elsewhere, and on rank 0 of a
+    SLURM array while other tasks' pairs are still missing)."""
     from .classifier import CLIPDecisionMaker
 
     out = Path(out)
-    subjects = []
-    for spec in models:
-        subj = safe_subject_name(spec)
-        subjects.append(subj)
-        pending = [(d, f) for d, f in datasets if not (resume and csv_path(out, d, subj).is_file())]
-        if not pending:
-            continue
-        dm = CLIPDecisionMaker.from_spec(
-            spec, cache_dir=cache_dir, head=head, templates=templates, device=device
-        )
-        for d, folder in pending:
-            evaluate_dataset(dm, subj, d, folder, out, batch_size=batch_size, max_images=max_images,
-                             resume=resume, progress=progress)  # fmt: skip
-        del dm
+    subjects = [safe_subject_name(spec) for spec in models]
+    pairs = [(spec, subj, d, f) for spec, subj in zip(models, subjects) for d, f in datasets]
+
+    def finished(pair) -> bool:
+        return csv_path(out, pair[2], pair[1]).is_file()
+
+    if dist is None or dist.world_size == 1:
+        mine = [p for p in pairs if not (resume and finished(p))]
+    else:  # --no-resume with several ranks: every pair is evaluated again, once
+        mine = dist.share(pairs, done=lambda p: resume and finished(p), contiguous=True)
+    loaded, dm = None, None
+    for spec, subj, d, folder in mine:
+        if spec != loaded:
+            dm = None
+            dm = CLIPDecisionMaker.from_spec(spec, cache_dir=cache_dir, head=head, templates=templates,
+                                             device=device)  # fmt: skip
+            loaded = spec
+        evaluate_dataset(dm, subj, d, folder, out, batch_size=batch_size, max_images=max_images,
+                         resume=resume, progress=progress)  # fmt: skip
+        if dist is not None:
+            dist.item_done()
+    del dm
+    if dist is not None and dist.world_size > 1:
+        dist.barrier("ood-evaluate")
+        if not dist.is_main:
+            return None
+        missing = [f"{subj}/{d}" for _, subj, d, _ in pairs if not finished((None, subj, d))]
+        if missing:
+            print(f"not writing summary.json yet: {len(missing)} (model, dataset) pairs are still being "
+                  f"evaluated by other tasks ({', '.join(missing[:4])}...); rerun to finish", file=sys.stderr)
+            return None
     return write_summary(out, subjects, [d for d, _ in datasets], humans=humans, figures=figures)
 
 

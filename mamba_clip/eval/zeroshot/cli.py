@@ -3,6 +3,11 @@
     mamba-clip zeroshot --model vmamba-s [--pretrained yfcc15m] --dataset-root DIR --output OUT
                         [--datasets NAME ...] [--templates reference|clip_benchmark] [--towers report|ema|online]
                         [--batch-size 64] [--workers 4] [--device cpu|cuda] [--amp/--no-amp]
+                        [--shard-images 5000]
+
+Several processes (``torchrun --nproc_per_node N mamba-clip zeroshot ...``, SLURM ``srun``): the datasets,
+and the parts of large ones, are split over them; rank 0 writes the summary and tables at the end
+(docs/distributed.md).
 
 Exit status: 0 when every dataset was evaluated, resumed or is missing (missing ones are listed with
 the path expected and how to get them); 1 when some dataset failed (e.g. a corrupt image); 2 for bad
@@ -13,6 +18,7 @@ Heavy imports (torch, open_clip) happen inside the command, so ``--help`` stays 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from mamba_clip.cli_checks import nonnegative_int, positive_int
 
@@ -47,6 +53,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=positive_int, default=None,
                    help="build the model at this resolution (for checkpoints trained at another size)")
     p.add_argument("--no-tables", action="store_true", help="skip table1.csv / .md / .png")
+    p.add_argument("--shard-images", type=nonnegative_int, default=5000, metavar="N",
+                   help="evaluate a dataset of more than N images in parts of about N (batch-aligned; split "
+                        "over the processes of a torchrun / SLURM run; resumable); 0: never")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)  # fmt: skip
     return p
@@ -63,16 +72,27 @@ def _run(args) -> int:
     args.pretrained = check_pretrained(args.model, args.pretrained, image_size=args.image_size)
     check_folder(args.dataset_root, "--dataset-root", non_empty=False)  # empty: all listed as missing
     check_device(args.device)
+    from mamba_clip.distributed import Dist
+
     from .suite import run_suite
 
     amp = args.amp if args.amp is not None else args.device.startswith("cuda")
+    dist = Dist.start(args.output)  # several processes (torchrun / SLURM): the work items are split
     try:
         results = run_suite(args.model, args.pretrained, args.dataset_root, args.output, datasets=args.datasets,
                             templates=args.templates, towers=args.towers, batch_size=args.batch_size,
-                            workers=args.workers, device=args.device, amp=amp, progress=not args.no_progress,
-                            tables=not args.no_tables, split=args.split, image_size=args.image_size)  # fmt: skip
+                            workers=args.workers, device=dist.device(args.device), amp=amp,
+                            progress=not args.no_progress, tables=not args.no_tables, split=args.split,
+                            image_size=args.image_size, shard_images=args.shard_images, dist=dist)  # fmt: skip
     except ValueError as exc:  # e.g. towers that the weights cannot provide
         raise UsageError(str(exc)) from None
+    finally:
+        dist.close()
+    if not dist.is_main:  # rank 0 prints the whole table; the others only what failed here
+        for name, r in results.items():
+            if r["status"] == "failed":
+                print(f"rank {dist.rank}: {name} failed: {r.get('error')}", file=sys.stderr)
+        return 1 if any(r["status"] == "failed" for r in results.values()) else 0
     print_summary(results)
     return 1 if any(r["status"] == "failed" for r in results.values()) else 0
 
