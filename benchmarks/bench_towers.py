@@ -27,6 +27,17 @@ any function registered there or named ``ss2d_*`` in ``mamba_clip.ops``), giving
 time spent in the scan, and one forward under torch.profiler for a short op table
 (``--scan-profile-ops`` rows). ``--no-scan-profile`` skips it.
 
+Sharing the machine (issue 17), ``--busy N``: the child starts N busy processes of its own
+(``while True: pass``) and every round times all towers twice, interleaved: once with them stopped
+(SIGSTOP, "quiet") and once running (SIGCONT, "busy"), with ``os.getloadavg()`` recorded beside each
+round. JSON ``busy``: per tower the busy and quiet figures and ``keeps`` = busy ratio to ViT-B-16 /
+quiet ratio; target vmamba-s keeps >= 0.8 (and, with ``--train``, every tower's busy step time
+<= 3x its quiet time). Other load on the machine hits both phases; rerun on a quiet machine.
+
+Training step, ``--train``: each case is one image-tower training step (train mode, zero_grad,
+forward, mean-square loss of the embedding, backward; fp32); targets simba-l >= 0.4x ViT-B-16's
+steps/s. No 448 px case in this mode.
+
 Writes ``benchmarks/results/bench_towers.json`` (atomically; ``--out`` elsewhere) and prints a summary.
 
     python benchmarks/bench_towers.py [--rounds 7] [--batch 8] [--towers ...] [--modes 1:default all:default]
@@ -56,7 +67,10 @@ RESULTS = REPO / "benchmarks" / "results"
 BASELINE = "ViT-B-16"
 TOWERS = ["vmamba-s", "vmamba-t220", "simba-s", "simba-l"]
 TARGETS = {"vmamba-s": 1.3, "vmamba-t220": 2.0, "simba-l": 0.5}  # minimum images/s ratio to the baseline
+TRAIN_TARGETS = {"simba-l": 0.4}  # --train: minimum steps/s ratio to the baseline
 MAX_448_RATIO = 4.6
+BUSY_KEEP_TARGETS = {"vmamba-s": 0.8}  # --busy: minimum (busy ratio to the baseline) / (quiet ratio)
+BUSY_MAX_SLOWDOWN_TRAIN = 3.0  # --busy --train: maximum busy / quiet step time, every tower
 SCAN_PROFILE_TOWERS = ["simba-l", "simba-s", "vmamba-s"]
 SCAN_PROFILE_METHOD = (
     "After the timing rounds, in the check mode's process (same threads, same warm towers): each tower's "
@@ -76,6 +90,41 @@ def build_tower(name: str) -> torch.nn.Module:
 
     model = open_clip.create_model(name, pretrained=None)
     return model.visual.eval()
+
+
+def train_step(tower: torch.nn.Module, x: torch.Tensor) -> None:
+    """One image-tower training step: train mode, zero_grad, forward, mean-square loss, backward."""
+    tower.train()
+    tower.zero_grad(set_to_none=True)
+    out = tower(x)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    out.float().pow(2).mean().backward()
+
+
+class Busy:
+    """N busy child processes (``while True: pass``), started stopped; ``run(True/False)`` continues or
+    stops them. A context manager: they are killed on exit."""
+
+    def __init__(self, n: int):
+        import signal
+
+        self._sig = signal
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+        self.run(False)
+
+    def run(self, on: bool) -> None:
+        for p in self.procs:
+            os.kill(p.pid, self._sig.SIGCONT if on else self._sig.SIGSTOP)
+        if self.procs:
+            time.sleep(0.2)  # let the scheduler settle
+
+    def __enter__(self) -> "Busy":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()
 
 
 def time_once(fn: Callable[[], object]) -> float:
@@ -120,23 +169,38 @@ def measure(args) -> Dict:
     missing = [t for t in args.towers if t not in known]
     towers = {n: build_tower(n) for n in names}
     x224 = torch.randn(args.batch, 3, 224, 224)
-    x448 = torch.randn(args.batch, 3, 448, 448)
-    cases: Dict[str, Callable[[], object]] = {n: (lambda m=m: m(x224)) for n, m in towers.items()}
-    if "vmamba-s" in towers:
-        cases["vmamba-s@448"] = lambda: towers["vmamba-s"](x448)
+    if args.train:
+        cases: Dict[str, Callable[[], object]] = {n: (lambda m=m: train_step(m, x224)) for n, m in towers.items()}
+    else:
+        cases = {n: (lambda m=m: m(x224)) for n, m in towers.items()}
+        if "vmamba-s" in towers and not args.busy:
+            x448 = torch.randn(args.batch, 3, 448, 448)
+            cases["vmamba-s@448"] = lambda: towers["vmamba-s"](x448)
 
-    times: Dict[str, List[float]] = {k: [] for k in cases}
-    with torch.inference_mode():
+    phases = ["quiet", "busy"] if args.busy else ["quiet"]
+    ptimes: Dict[str, Dict[str, List[float]]] = {ph: {k: [] for k in cases} for ph in phases}
+    cpu: Dict[str, Dict[str, List[float]]] = {ph: {k: [] for k in cases} for ph in phases}
+    loads: Dict[str, List[float]] = {ph: [] for ph in phases}
+    grad_mode = torch.enable_grad() if args.train else torch.inference_mode()
+    with grad_mode, Busy(args.busy) as busy:
         for fn in cases.values():
             for _ in range(args.warmup):
                 fn()
         for r in range(args.rounds):
-            for k, fn in cases.items():
-                times[k].append(time_once(fn))
-            print(f"[{args.mode}] round {r + 1}/{args.rounds}: "
-                  + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()), file=sys.stderr, flush=True)
-
-    results, checks = analyse(times, args.batch)
+            for ph in phases:
+                busy.run(ph == "busy")
+                loads[ph].append(os.getloadavg()[0])
+                for k, fn in cases.items():
+                    c0 = time.process_time()
+                    ptimes[ph][k].append(time_once(fn))
+                    cpu[ph][k].append(time.process_time() - c0)
+                print(f"[{args.mode}] round {r + 1}/{args.rounds} {ph} (load {loads[ph][-1]:.1f}): "
+                      + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in ptimes[ph].items()), file=sys.stderr, flush=True)
+        busy.run(False)
+    times = ptimes["quiet"]
+    results, checks = analyse(times, args.batch, train=args.train)
+    for k, v in results.items():
+        v["cpu_seconds"] = statistics.median(cpu["quiet"][k])
     out = {
         "results": results,
         "checks": checks,
@@ -146,8 +210,14 @@ def measure(args) -> Dict:
             "loadavg_1min_start_end": [load_start, os.getloadavg()[0]],
             "scan_backends": available_backends(),
             "malloc_env": {k: os.environ[k] for k in ALLOCATOR_ENV["steady"] if k in os.environ},
+            "openmp_env": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
+                           if k in os.environ},
+            "loadavg_1min_per_round": loads,
         },
     }
+    if args.busy:
+        out["busy"] = analyse_busy(ptimes, cpu, loads, args.batch, args.busy, args.train)
+        out["checks"].update(out["busy"]["checks"])
     if args.profile and args.profile in towers:
         print(profile(towers[args.profile], x224), file=sys.stderr)
     profiled = [t for t in args.scan_profile_towers if t in towers and t != BASELINE]
@@ -175,9 +245,12 @@ def measure_scan_share(cases: Dict[str, Callable[[], object]], args) -> Dict:
                               "registered": list(ps.SCAN_FUNCTIONS)}}
 
 
-def analyse(times: Dict[str, List[float]], batch: int) -> Tuple[Dict[str, Dict], Dict[str, bool]]:
+def analyse(times: Dict[str, List[float]], batch: int,
+            train: bool = False) -> Tuple[Dict[str, Dict], Dict[str, bool]]:
     """Per-case figures (median over rounds) and the target checks, from each case's seconds per round.
-    Cases are tower names, the baseline included, and ``"vmamba-s@448"``."""
+    Cases are tower names, the baseline included, and ``"vmamba-s@448"``. ``train``: the cases are
+    training steps, checked against TRAIN_TARGETS."""
+    targets = TRAIN_TARGETS if train else TARGETS
     med = {k: statistics.median(v) for k, v in times.items()}
     ips = {k: batch / med[k] for k in times}
     base = ips[BASELINE]
@@ -186,11 +259,11 @@ def analyse(times: Dict[str, List[float]], batch: int) -> Tuple[Dict[str, Dict],
         entry = {"seconds_per_batch": med[k], "images_per_s": ips[k], "all_seconds": times[k]}
         if "@" not in k and k != BASELINE:
             entry["speedup_vs_" + BASELINE] = ips[k] / base
-            if k in TARGETS:
-                entry["target_speedup"] = TARGETS[k]
-                entry["pass"] = ips[k] / base >= TARGETS[k]
+            if k in targets:
+                entry["target_speedup"] = targets[k]
+                entry["pass"] = ips[k] / base >= targets[k]
         results[k] = entry
-    checks = {k: results[k]["pass"] for k in TARGETS if k in results}
+    checks = {k: results[k]["pass"] for k in targets if k in results}
     if "vmamba-s@448" in med and "vmamba-s" in med:
         ratio = med["vmamba-s@448"] / med["vmamba-s"]
         results["vmamba-s@448"]["time_ratio_448_vs_224"] = ratio
@@ -198,6 +271,33 @@ def analyse(times: Dict[str, List[float]], batch: int) -> Tuple[Dict[str, Dict],
         results["vmamba-s@448"]["pass"] = ratio <= MAX_448_RATIO
         checks["vmamba-s@448/224"] = ratio <= MAX_448_RATIO
     return results, checks
+
+
+def analyse_busy(times: Dict[str, Dict[str, List[float]]], cpu: Dict[str, Dict[str, List[float]]],
+                 loads: Dict[str, List[float]], batch: int, n_busy: int, train: bool) -> Dict:
+    """Quiet against busy (``times[phase][case]`` seconds per round): per tower the median seconds and CPU
+    seconds in each phase, the ratio to the baseline in each, ``keeps`` = busy ratio / quiet ratio and
+    ``slowdown`` = busy / quiet time; checks BUSY_KEEP_TARGETS (and, training, BUSY_MAX_SLOWDOWN_TRAIN)."""
+    med = {ph: {k: statistics.median(v) for k, v in t.items()} for ph, t in times.items()}
+    towers: Dict[str, Dict] = {}
+    checks: Dict[str, bool] = {}
+    for k in med["quiet"]:
+        e = {f"{ph}_seconds": med[ph][k] for ph in ("quiet", "busy")}
+        e.update({f"{ph}_cpu_seconds": statistics.median(cpu[ph][k]) for ph in ("quiet", "busy")})
+        e["slowdown"] = med["busy"][k] / med["quiet"][k]
+        if k != BASELINE:
+            q = med["quiet"][BASELINE] / med["quiet"][k]
+            b = med["busy"][BASELINE] / med["busy"][k]
+            e.update({"quiet_speedup_vs_" + BASELINE: q, "busy_speedup_vs_" + BASELINE: b, "keeps": b / q})
+            if k in BUSY_KEEP_TARGETS:
+                e["target_keeps"] = BUSY_KEEP_TARGETS[k]
+                checks[f"{k} busy keeps"] = b / q >= BUSY_KEEP_TARGETS[k]
+        if train:
+            e["target_max_slowdown"] = BUSY_MAX_SLOWDOWN_TRAIN
+            checks[f"{k} busy slowdown"] = e["slowdown"] <= BUSY_MAX_SLOWDOWN_TRAIN
+        towers[k] = e
+    return {"busy_processes": n_busy, "cpu_count": os.cpu_count(), "batch": batch,
+            "loadavg_1min_per_round": loads, "towers": towers, "checks": checks}
 
 
 def summary(run: Dict, scan_profile: Optional[Dict] = None) -> Dict:
@@ -209,10 +309,15 @@ def summary(run: Dict, scan_profile: Optional[Dict] = None) -> Dict:
         out["vmamba-s 448/224 time"] = round(res["vmamba-s@448"]["time_ratio_448_vs_224"], 3)
     for k, v in ((scan_profile or {}).get("towers") or {}).items():
         out[f"{k} scan share"] = round(v["scan_share"], 3)
+    for k, v in (run.get("busy") or {}).get("towers", {}).items():
+        out[f"{k} busy slowdown"] = round(v["slowdown"], 3)
+        if "keeps" in v:
+            out[f"{k} busy keeps"] = round(v["keeps"], 3)
     return out
 
 
-def make_report(runs: Dict[str, Dict], check_mode: str, batch: int, rounds: int, command: str) -> Dict:
+def make_report(runs: Dict[str, Dict], check_mode: str, batch: int, rounds: int, command: str,
+                train: bool = False, busy: int = 0) -> Dict:
     """The JSON report from each mode's child result. The check mode's ``scan_profile`` (if any) moves
     to the top level, with the method spelled out."""
     runs = {mode: dict(run) for mode, run in runs.items()}
@@ -237,11 +342,16 @@ def make_report(runs: Dict[str, Dict], check_mode: str, batch: int, rounds: int,
         scan_profile = {"mode": check_mode, "skipped": True, "towers": {},
                         "method": "not measured (--no-scan-profile, or none of --scan-profile-towers was timed)"}
     return {
-        "benchmark": f"image-tower inference, CPU fp32, batch {batch}, 224 px (and 448 px for vmamba-s); "
-                     "share of time in the selective scan",
+        "benchmark": (f"image-tower training step, CPU fp32, batch {batch}, 224 px" if train else
+                      f"image-tower inference, CPU fp32, batch {batch}, 224 px (and 448 px for vmamba-s); "
+                      "share of time in the selective scan")
+                     + (f"; quiet against {busy} busy process(es), interleaved" if busy else ""),
         "command": command,
         "baseline": BASELINE,
-        "targets": {**{f"{k} speedup >=": v for k, v in TARGETS.items()}, "vmamba-s 448/224 time <=": MAX_448_RATIO},
+        "targets": ({f"{k} speedup >=": v for k, v in TRAIN_TARGETS.items()} if train else
+                    {**{f"{k} speedup >=": v for k, v in TARGETS.items()}, "vmamba-s 448/224 time <=": MAX_448_RATIO})
+                   | ({**{f"{k} busy keeps >=": v for k, v in BUSY_KEEP_TARGETS.items()},
+                       **({"busy / quiet step time <=": BUSY_MAX_SLOWDOWN_TRAIN} if train else {})} if busy else {}),
         "checks_from": check_mode,
         "checks": primary["checks"],
         "all_pass": bool(primary["checks"]) and all(primary["checks"].values()),
@@ -286,7 +396,10 @@ def main() -> int:
     parser.add_argument("--scan-profile-rounds", type=int, default=3, help="forwards per tower for the scan share")
     parser.add_argument("--scan-profile-ops", type=int, default=10,
                         help="rows of the torch.profiler op table per tower (0: none)")
-    parser.add_argument("--out", default=str(RESULTS / "bench_towers.json"))
+    parser.add_argument("--busy", type=int, default=0,
+                        help="start N busy processes and time every round quiet and busy, interleaved")
+    parser.add_argument("--train", action="store_true", help="time training steps instead of inference")
+    parser.add_argument("--out", default="")
     parser.add_argument("--mode", default="1:default", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", default="", help=argparse.SUPPRESS)
@@ -308,10 +421,13 @@ def main() -> int:
             child_out = Path(tmp) / f"{i}.json"
             cmd = [sys.executable, str(Path(__file__).resolve()), "--mode", mode, "--child-out", str(child_out),
                    "--rounds", str(args.rounds), "--warmup", str(args.warmup), "--batch", str(args.batch),
-                   "--threads", str(threads), "--towers", *args.towers]
+                   "--threads", str(threads), "--busy", str(args.busy), "--towers", *args.towers]
+            if args.train:
+                cmd += ["--train"]
             if args.profile:
                 cmd += ["--profile", args.profile]
-            profiled = [] if args.no_scan_profile or mode != check_mode else args.scan_profile_towers
+            skip = args.no_scan_profile or args.train or args.busy or mode != check_mode
+            profiled = [] if skip else args.scan_profile_towers
             cmd += ["--scan-profile-rounds", str(args.scan_profile_rounds), "--scan-profile-ops",
                     str(args.scan_profile_ops), "--scan-profile-towers", *profiled]
             env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV["steady"]}
@@ -319,8 +435,10 @@ def main() -> int:
             subprocess.run(cmd, check=True, env=env)
             runs[mode] = json.loads(child_out.read_text())
     report = make_report(runs, check_mode, args.batch, args.rounds,
-                         "python benchmarks/bench_towers.py " + " ".join(sys.argv[1:]))
-    out = Path(args.out)
+                         "python benchmarks/bench_towers.py " + " ".join(sys.argv[1:]), train=args.train,
+                         busy=args.busy)
+    out = Path(args.out or RESULTS / ("bench_towers" + ("_train" if args.train else "")
+                                      + (f"_busy{args.busy}" if args.busy else "") + ".json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(out.suffix + ".tmp")
     tmp_out.write_text(json.dumps(report, indent=2) + "\n")

@@ -5,6 +5,15 @@ Python executes the ``.pth`` line at interpreter start. This module only appends
 registered right after timm finishes loading; when ``open_clip`` is imported, our model configs and
 pretrained tags are added to it. That is what lets the unmodified ``open_clip_train.main`` and
 ``clip_benchmark`` see ``--model vmamba-s``. Set ``MAMBA_CLIP_NO_AUTOLOAD=1`` to switch it off.
+
+It also sets ``GOMP_SPINCOUNT=1000`` unless ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is set (issue 17).
+torch's intra-op pool and our C kernel share one OpenMP runtime (torch's bundled libgomp, which
+satisfies the kernel's ``libgomp.so.1`` too), and libgomp reads its settings once, when torch loads
+it, so this hook is the only place that runs early enough. By default an idle libgomp worker spins
+300,000 times after every parallel region before it sleeps; with another process on the core it
+burns the time slice the lagging thread of the same team needs, and every one of a tower's hundreds
+of short regions ends in a barrier. 1000 is the count libgomp itself switches to when it knows the
+machine is oversubscribed (more threads than CPUs); it cannot see other processes.
 """
 
 from __future__ import annotations
@@ -70,9 +79,23 @@ class _AfterImportFinder:
         return spec
 
 
+OPENMP_SPIN_DEFAULT = {"GOMP_SPINCOUNT": "1000"}
+_OPENMP_USER_KNOBS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def openmp_defaults(environ=os.environ) -> dict:
+    """Set our OpenMP wait default in ``environ`` unless the user chose a wait policy or spin count;
+    returns what was set. Effective only before the OpenMP runtime loads (i.e. before torch)."""
+    if any(k in environ for k in _OPENMP_USER_KNOBS):
+        return {}
+    environ.update(OPENMP_SPIN_DEFAULT)
+    return dict(OPENMP_SPIN_DEFAULT)
+
+
 def install() -> None:
     if os.environ.get("MAMBA_CLIP_NO_AUTOLOAD"):
         return
+    openmp_defaults()
     if any(isinstance(f, _AfterImportFinder) for f in sys.meta_path):
         return
     sys.meta_path.insert(0, _AfterImportFinder())

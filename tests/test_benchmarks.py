@@ -145,3 +145,33 @@ def test_scan_share_times_a_fused_ss2d_function(profile_scan, monkeypatch):
     assert fns["mamba_clip.ops.selective_scan.selective_scan"]["seconds_per_call"] == 0.0
     assert 0.0 < res["scan_share"] <= 1.0
     assert mamba_clip.ops.ss2d_fake is ss2d_fake
+
+
+def test_busy_and_train_checks(bench_towers):
+    """Issue 17: quiet against busy figures (keeps, slowdown) and the training-step targets."""
+    quiet = {"ViT-B-16": [1.0, 1.0], "vmamba-s": [0.5, 0.5], "simba-l": [2.0, 2.0]}
+    busy = {"ViT-B-16": [1.5, 1.5], "vmamba-s": [0.9, 0.9], "simba-l": [7.0, 7.0]}
+    times = {"quiet": quiet, "busy": busy}
+    out = bench_towers.analyse_busy(times, times, {"quiet": [1.0], "busy": [2.0]}, batch=8, n_busy=1, train=True)
+    vs = out["towers"]["vmamba-s"]
+    assert vs["keeps"] == pytest.approx((1.5 / 0.9) / (1.0 / 0.5))  # 0.83
+    assert vs["slowdown"] == pytest.approx(1.8)
+    assert out["checks"] == {"vmamba-s busy keeps": True, "ViT-B-16 busy slowdown": True,
+                             "vmamba-s busy slowdown": True, "simba-l busy slowdown": False}
+    _, checks = bench_towers.analyse({"ViT-B-16": [1.0], "simba-l": [2.4]}, batch=8, train=True)
+    assert checks == {"simba-l": True}  # 0.42x >= 0.4
+    _, checks = bench_towers.analyse({"ViT-B-16": [1.0], "simba-l": [2.6]}, batch=8, train=True)
+    assert checks == {"simba-l": False}
+
+
+def test_busy_processes_stop_and_die(bench_towers):
+    import os
+
+    with bench_towers.Busy(1) as busy:
+        pid = busy.procs[0].pid
+        state = lambda: open(f"/proc/{pid}/stat").read().split()[2]  # noqa: E731
+        assert state() == "T"  # started stopped
+        busy.run(True)
+        assert state() in "RS"
+    assert busy.procs[0].poll() is not None
+    assert not os.path.exists(f"/proc/{pid}/stat") or state() in "ZX"

@@ -93,3 +93,38 @@ def test_configs_found_from_uninstalled_source_tree():
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == repr(CONFIG_NAMES)
+
+
+def _run_clean(code: str, **env) -> str:
+    """``_run`` without the OpenMP wait settings this test process itself inherited or got from the hook."""
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**clean, **env}, cwd="/")
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_autoload_sets_short_openmp_spin_before_torch():
+    """Issue 17: libgomp reads its wait policy once, when torch loads it; the hook sets a short spin first,
+    unless the user chose a policy or a spin count (or switched the hook off)."""
+    code = "import os; print(os.environ.get('GOMP_SPINCOUNT'))"
+    assert _run_clean(code) == "1000"
+    assert _run_clean(code, OMP_WAIT_POLICY="ACTIVE") == "None"
+    assert _run_clean(code, GOMP_SPINCOUNT="5") == "5"
+    assert _run_clean(code, MAMBA_CLIP_NO_AUTOLOAD="1") == "None"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_kernel_shares_torchs_openmp_runtime():
+    """One OpenMP runtime per process: the C kernel runs on torch's pool, not on a second team."""
+    code = (
+        "import torch\n"
+        "from mamba_clip.ops import scan_cpu\n"
+        "if not scan_cpu.is_available(): print('[]'); raise SystemExit\n"
+        "import json, os\n"
+        "libs = {l.split()[-1] for l in open('/proc/self/maps') if 'omp' in os.path.basename(l.split()[-1])}\n"
+        "print(json.dumps(sorted(libs)))\n"
+    )
+    libs = json.loads(_run_clean(code))
+    assert len(libs) <= 1, libs

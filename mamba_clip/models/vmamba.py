@@ -23,17 +23,20 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import DropPath, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_module
+from timm.models._features import feature_take_indices
 from torch import Tensor
 
 from mamba_clip.ops.cross_scan import cross_merge, cross_scan, cross_scan_grouped
+
+from ._common import check_image, device_dtype, drop_path_rates, is_proxy
 
 __all__ = ["SS2D", "VMamba", "VSSBlock", "VMAMBA_VARIANTS", "create_vmamba"]
 
@@ -90,6 +93,7 @@ class Permute(nn.Module):
         return str(self.dims)
 
 
+@register_notrace_module  # fx leaf: the scan dispatch depends on device, dtype and autograd state
 class SS2D(nn.Module):
     """2D selective scan (VMamba SS2D). Input and output ``(B, H, W, d_model)``.
 
@@ -112,8 +116,11 @@ class SS2D(nn.Module):
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
         dt_scale: float = 1.0,
+        device: Optional[Any] = None,
+        dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         if forward_type not in FORWARD_TYPES:
             raise ValueError(f"SS2D: unknown forward_type {forward_type!r}; accepted values: {list(FORWARD_TYPES)}")
         if d_conv < 1 or d_conv % 2 == 0:
@@ -127,18 +134,18 @@ class SS2D(nn.Module):
         self.with_z = forward_type == "v2"
 
         # Parameters owned directly come first in state_dict order, as in VMamba.
-        self.x_proj_weight = nn.Parameter(torch.empty(k, dt_rank + 2 * d_state, d_inner))
-        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, dt_rank))
-        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
-        self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
-        self.Ds = nn.Parameter(torch.empty(k * d_inner))
-        self.out_norm = nn.LayerNorm(d_inner)
-        self.in_proj = nn.Linear(d_model, d_inner * (2 if self.with_z else 1), bias=False)
+        self.x_proj_weight = nn.Parameter(torch.empty(k, dt_rank + 2 * d_state, d_inner, **dd))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, dt_rank, **dd))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner, **dd))
+        self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state, **dd))
+        self.Ds = nn.Parameter(torch.empty(k * d_inner, **dd))
+        self.out_norm = nn.LayerNorm(d_inner, **dd)
+        self.in_proj = nn.Linear(d_model, d_inner * (2 if self.with_z else 1), bias=False, **dd)
         self.act = nn.SiLU()
         self.conv2d = nn.Conv2d(
-            d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=conv_bias
+            d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=conv_bias, **dd
         )
-        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False, **dd)
         self._dt_init = (dt_min, dt_max, dt_init_floor, dt_scale)
         # set by VMamba; > 0 splits big inference scans by channels (unfused path only: the fused
         # N == 1 CPU path builds no 4x-sized tensors)
@@ -154,11 +161,13 @@ class SS2D(nn.Module):
         self.x_proj_weight.uniform_(-bound, bound)
         std = dt_scale * self.dt_rank**-0.5
         self.dt_projs_weight.uniform_(-std, std)
+        dev = self.dt_projs_bias.device
         dt = torch.exp(
-            torch.rand(self.dt_projs_bias.shape) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+            torch.rand(self.dt_projs_bias.shape, device=dev) * (math.log(dt_max) - math.log(dt_min))
+            + math.log(dt_min)
         ).clamp(min=dt_init_floor)
         self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        a = torch.arange(1, self.d_state + 1, dtype=torch.float32)
+        a = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=dev)
         self.A_logs.copy_(torch.log(a).expand_as(self.A_logs))
         self.Ds.fill_(1.0)
         for p in (self.A_logs, self.Ds):
@@ -247,6 +256,19 @@ class SS2D(nn.Module):
         return merge_fn(ys.view(b, k, dc, length), h, w, channels_last=True)
 
 
+class Mlp(nn.Module):
+    """``fc2(GELU(fc1(x)))`` on the last dim (keys ``fc1``/``fc2`` as VMamba's timm-style Mlp)."""
+
+    def __init__(self, dim: int, hidden: int, device: Optional[Any] = None, dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, device=device, dtype=dtype)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
 class VSSBlock(nn.Module):
     """``x + drop_path(SS2D(norm(x)))`` then ``x + drop_path(MLP(norm2(x)))``; ``(B, H, W, C)``."""
 
@@ -256,17 +278,20 @@ class VSSBlock(nn.Module):
         drop_path: float = 0.0,
         mlp_ratio: float = 4.0,
         norm_layer=nn.LayerNorm,
+        device: Optional[Any] = None,
+        dtype: Optional[torch.dtype] = None,
         **ssm_kwargs: Any,
     ):
         super().__init__()
-        self.norm = norm_layer(dim)
-        self.op = SS2D(dim, **ssm_kwargs)
+        dd = {"device": device, "dtype": dtype}
+        self.norm = norm_layer(dim, **dd)
+        self.op = SS2D(dim, **ssm_kwargs, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.norm2 = norm_layer(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), **dd)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not torch.is_grad_enabled() and not self.training:
+        if not torch.is_grad_enabled() and not self.training and not is_proxy(x):
             # inference: same arithmetic, in place where autograd is not watching
             y = self.op(self.norm(x))
             y += x
@@ -283,33 +308,43 @@ class VSSBlock(nn.Module):
 
 
 class VMambaStage(nn.Module):
-    """``blocks`` at one resolution, then ``downsample`` (3x3 stride-2 conv + LayerNorm) or Identity."""
+    """``blocks`` at one resolution, then ``downsample`` (3x3 stride-2 conv + LayerNorm) or Identity.
 
-    def __init__(self, dim: int, out_dim: Optional[int], depth: int, drop_path: Sequence[float], **kw: Any):
+    The stage's feature (``feature_info``, ``forward_intermediates``) is the output of ``blocks``, before
+    the downsample, as in VMamba's detection backbone; the downsample keeps its released key
+    ``layers.{i}.downsample``.
+    """
+
+    def __init__(self, dim: int, out_dim: Optional[int], depth: int, drop_path: Sequence[float],
+                 device: Optional[Any] = None, dtype: Optional[torch.dtype] = None, **kw: Any):
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         self.grad_checkpointing = False
-        self.blocks = nn.Sequential(*[VSSBlock(dim, drop_path=drop_path[i], **kw) for i in range(depth)])
+        self.blocks = nn.Sequential(*[VSSBlock(dim, drop_path=drop_path[i], **kw, **dd) for i in range(depth)])
         if out_dim is None:
             self.downsample = nn.Identity()
         else:  # VMamba "v3" downsample; indices 1 and 3 carry the weights
             self.downsample = nn.Sequential(
                 Permute(0, 3, 1, 2),
-                nn.Conv2d(dim, out_dim, kernel_size=3, stride=2, padding=1),
+                nn.Conv2d(dim, out_dim, kernel_size=3, stride=2, padding=1, **dd),
                 Permute(0, 2, 3, 1),
-                nn.LayerNorm(out_dim),
+                nn.LayerNorm(out_dim, **dd),
             )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward_blocks(self, x: Tensor) -> Tensor:
+        """``(B, H, W, C)`` -> the stage feature, same shape."""
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
             for blk in self.blocks:
                 x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
-        else:
-            x = self.blocks(x)
-        return self.downsample(x)
+            return x
+        return self.blocks(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.downsample(self.forward_blocks(x))
 
 
 class VMamba(nn.Module):
-    """VMamba (VSSM) image classifier / feature extractor.
+    """VMamba (VSSM) image classifier / feature extractor, channels-last (``output_fmt = "NHWC"``).
 
     Args:
         depths: blocks per stage.
@@ -317,9 +352,12 @@ class VMamba(nn.Module):
         d_state, ssm_ratio, dt_rank, ssm_conv, ssm_conv_bias, forward_type: SS2D settings.
         mlp_ratio: MLP hidden width / dim.
         drop_path_rate: stochastic depth, linearly increasing over blocks.
+        in_chans: input image channels.
         num_classes: classifier outputs (0 = no head: ``forward`` returns pooled features).
-        global_pool: ``"avg"`` or ``""`` (no pooling; ``forward_head`` returns the normalised map).
+        global_pool: ``"avg"`` or ``""`` (no pooling; ``forward_head`` returns the normalised
+            ``(B, h, w, C)`` map).
         img_size: optional nominal input size, only checked for divisibility by 32.
+        device, dtype: factory kwargs of every parameter (timm's ``create_model(device=, dtype=)``).
     """
 
     def __init__(
@@ -340,14 +378,19 @@ class VMamba(nn.Module):
         global_pool: str = "avg",
         img_size: Optional[Union[int, Tuple[int, int]]] = None,
         patch_size: int = 4,
+        device: Optional[Any] = None,
+        dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         if forward_type not in FORWARD_TYPES:
             raise ValueError(f"VMamba: unknown forward_type {forward_type!r}; accepted values: {list(FORWARD_TYPES)}")
         if global_pool not in ("avg", ""):
             raise ValueError(f"VMamba: global_pool must be 'avg' or '', got {global_pool!r}")
         if patch_size != 4:
             raise ValueError(f"VMamba: only patch_size=4 (the two-conv 'v2' patch embed) works, got {patch_size}")
+        if in_chans < 1:
+            raise ValueError(f"VMamba: in_chans must be >= 1, got {in_chans}")
         if img_size is not None:
             _check_size(*((img_size, img_size) if isinstance(img_size, int) else img_size))
         n_stages = len(depths)
@@ -357,7 +400,9 @@ class VMamba(nn.Module):
         if len(dims) != n_stages:
             raise ValueError(f"VMamba: dims has {len(dims)} entries but depths has {n_stages}")
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.global_pool = global_pool
+        self.output_fmt = "NHWC"
         self.num_features = self.head_hidden_size = dims[-1]
         self.dims = dims
         self.drop_rate = drop_rate
@@ -366,16 +411,16 @@ class VMamba(nn.Module):
 
         c0 = dims[0]
         self.patch_embed = nn.Sequential(  # VMamba "v2" patch embed; weights at 0, 2, 5, 7
-            nn.Conv2d(in_chans, c0 // 2, kernel_size=3, stride=2, padding=1),
+            nn.Conv2d(in_chans, c0 // 2, kernel_size=3, stride=2, padding=1, **dd),
             Permute(0, 2, 3, 1),
-            nn.LayerNorm(c0 // 2),
+            nn.LayerNorm(c0 // 2, **dd),
             Permute(0, 3, 1, 2),
             nn.GELU(),
-            nn.Conv2d(c0 // 2, c0, kernel_size=3, stride=2, padding=1),
+            nn.Conv2d(c0 // 2, c0, kernel_size=3, stride=2, padding=1, **dd),
             Permute(0, 2, 3, 1),
-            nn.LayerNorm(c0),
+            nn.LayerNorm(c0, **dd),
         )
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = drop_path_rates(drop_path_rate, depths)
         ssm_kwargs = dict(
             d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=ssm_conv,
             conv_bias=ssm_conv_bias, forward_type=forward_type, mlp_ratio=mlp_ratio,
@@ -384,18 +429,18 @@ class VMamba(nn.Module):
         self.feature_info: List[Dict[str, Any]] = []
         for i in range(n_stages):
             self.layers.append(VMambaStage(
-                dims[i], dims[i + 1] if i < n_stages - 1 else None, depths[i],
-                dpr[sum(depths[:i]):sum(depths[:i + 1])], **ssm_kwargs,
+                dims[i], dims[i + 1] if i < n_stages - 1 else None, depths[i], dpr[i], **ssm_kwargs, **dd,
             ))
-            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2**i, module=f"layers.{i}"))
+            # the tap is the blocks' output, before the downsample that closes the stage
+            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2**i, module=f"layers.{i}.blocks"))
         self.classifier = nn.Sequential(OrderedDict(
-            norm=nn.LayerNorm(self.num_features),
+            norm=nn.LayerNorm(self.num_features, **dd),
             permute=Permute(0, 3, 1, 2),
             avgpool=nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity(),
             flatten=nn.Flatten(1) if global_pool else nn.Identity(),
-            head=nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity(),
+            head=nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity(),
         ))
-        self.apply(self._init_weights)
+        self.apply(self._init_weights)  # SS2D initialised its SSM parameters itself
         self.inference_chunk_bytes = 24 * 2**20
 
     @property
@@ -410,6 +455,17 @@ class VMamba(nn.Module):
             if isinstance(m, SS2D):
                 m.inference_chunk_bytes = int(value)
 
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """(Re-)initialise every parameter as a fresh model: e.g. after ``to_empty()`` of a model built on
+        the meta device. Uses the global RNG (the values differ from a fresh build with the same seed)."""
+        for m in self.modules():
+            if isinstance(m, SS2D):
+                m.reset_ssm_parameters()
+            elif isinstance(m, (nn.Conv2d, nn.Linear, nn.LayerNorm)):
+                m.reset_parameters()
+        self.apply(self._init_weights)
+
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
@@ -422,7 +478,7 @@ class VMamba(nn.Module):
 
     # ---- timm surface -------------------------------------------------------------------------
     @torch.jit.ignore
-    def no_weight_decay(self) -> set:
+    def no_weight_decay(self) -> Set[str]:
         return {n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
 
     @torch.jit.ignore
@@ -447,6 +503,8 @@ class VMamba(nn.Module):
         return self.classifier.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New head (``num_classes`` outputs, 0 = none) on the device and in the dtype of the model;
+        ``global_pool`` ``"avg"`` or ``""`` (None keeps the current pooling)."""
         if global_pool is not None:
             if global_pool not in ("avg", ""):
                 raise ValueError(f"VMamba: global_pool must be 'avg' or '', got {global_pool!r}")
@@ -454,35 +512,104 @@ class VMamba(nn.Module):
             self.classifier.avgpool = nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity()
             self.classifier.flatten = nn.Flatten(1) if global_pool else nn.Identity()
         self.num_classes = num_classes
-        self.classifier.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        head = nn.Identity()
         if num_classes > 0:
-            self._init_weights(self.classifier.head)
+            head = nn.Linear(self.num_features, num_classes, **device_dtype(self))
+            self._init_weights(head)
+        self.classifier.head = head
+        self.classifier.train(self.training)
 
     # ---- forward ------------------------------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:
-        """``(B, C_in, H, W)`` image -> ``(B, H/32, W/32, num_features)`` channels-last map."""
-        if x.dim() != 4:
-            raise ValueError(f"VMamba: expected an image batch (B, C, H, W), got shape {tuple(x.shape)}")
-        _check_size(x.shape[-2], x.shape[-1])
-        x = x.contiguous(memory_format=torch.channels_last)
-        # largest patch-embed map: (C0 / 2) x (H / 2) x (W / 2) per image
-        x = self._chunked(self.patch_embed, x, self.dims[0] // 2 * (x.shape[2] // 2) * (x.shape[3] // 2))
+        """``(B, C_in, H, W)`` image -> ``(B, H/32, W/32, num_features)`` channels-last map (the input of
+        the head; after ``prune_intermediate_layers`` the last kept stage's feature)."""
+        x = self._stem(x)
         for stage in self.layers:
-            x = self._chunked(stage, x, int(self.mlp_ratio * x[0].numel()))  # MLP hidden map per image
+            x = self._chunked(stage, x, lambda t: int(self.mlp_ratio * t[0].numel()))  # MLP hidden map per image
         return x
 
-    def _chunked(self, module: nn.Module, x: Tensor, per_image_numel: int) -> Tensor:
+    def _stem(self, x: Tensor) -> Tensor:
+        x = check_image(x, "VMamba", _STRIDE).contiguous(memory_format=torch.channels_last)
+        # largest patch-embed map: (C0 / 2) x (H / 2) x (W / 2) per image
+        return self._chunked(self.patch_embed, x, lambda t: self.dims[0] // 2 * (t.shape[2] // 2) * (t.shape[3] // 2))
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]]]:
+        """Stage features (timm API): stage ``i`` -> ``(B, dims[i], H / 2**(i+2), W / 2**(i+2))``.
+
+        Args:
+            x: ``(B, C_in, H, W)`` images.
+            indices: None = all stages, int n = the last n, or a list of (negative allowed) indices.
+            norm: apply the final LayerNorm (``classifier.norm``) to the last stage's feature.
+            stop_early: stop after the last requested stage (the returned final map is then that tap).
+            output_fmt: ``"NCHW"`` or ``"NHWC"`` for the intermediates.
+            intermediates_only: return only the list.
+
+        Returns:
+            The intermediates, or ``(final, intermediates)`` with ``final`` = ``forward_features(x)``
+            (unless ``stop_early``).
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"VMamba.forward_intermediates: output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.layers), indices)
+        last_idx = len(self.layers) - 1
+        stages = self.layers if torch.jit.is_scripting() or not stop_early else self.layers[:max_index + 1]
+        x = self._stem(x)
+        intermediates = []
+        for i, stage in enumerate(stages):
+            x = stage.forward_blocks(x)
+            if i in take_indices:
+                y = self.classifier.norm(x) if norm and i == last_idx else x
+                intermediates.append(y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y)
+            if intermediates_only and i == max_index:
+                break
+            if i < len(stages) - 1:  # the last stage's downsample is Identity (or pruned)
+                x = stage.downsample(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self,
+        indices: Union[int, List[int]] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages after the last of ``indices`` (and that stage's downsample), the final norm
+        (``prune_norm``, or when stages were dropped) and the head (``prune_head``, or when stages were
+        dropped). Returns the kept absolute indices."""
+        take_indices, max_index = feature_take_indices(len(self.layers), indices)
+        prune_end = max_index < len(self.layers) - 1
+        self.layers = self.layers[:max_index + 1]
+        if prune_end:
+            # features end at the last kept tap: its downsample is unused, the head is sized for the end
+            self.layers[-1].downsample = nn.Identity()
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_norm or prune_end:
+            self.classifier.norm = nn.Identity()
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def _chunked(self, module: nn.Module, x: Tensor, per_image_numel: Callable[[Tensor], int]) -> Tensor:
         """Inference memory discipline (no autograd; same result): a module whose largest map
-        (``per_image_numel`` elements per image) would exceed ``inference_chunk_bytes`` runs on equal
+        (``per_image_numel(x)`` elements per image) would exceed ``inference_chunk_bytes`` runs on equal
         micro-batches, and SS2D's unfused path splits its 4x-sized scan tensors by channels the same way
         (the fused N == 1 CPU path has none). glibc maps
         (and this VM page-faults) every fresh block above 32 MiB; at 224 px and up that costs more than
         the arithmetic, and small temporaries stay in cache."""
         budget = self.inference_chunk_bytes
-        b = x.shape[0]
-        if torch.is_grad_enabled() or budget <= 0 or b == 1:
+        if torch.is_grad_enabled() or budget <= 0 or is_proxy(x) or x.shape[0] == 1:
             return module(x)
-        per_image = max(1, per_image_numel * x.element_size())
+        b = x.shape[0]
+        per_image = max(1, per_image_numel(x) * x.element_size())
         n_chunks = -(-b // max(1, budget // per_image))
         if n_chunks <= 1:
             return module(x)
@@ -490,12 +617,12 @@ class VMamba(nn.Module):
         return torch.cat([module(c) for c in x.split(size)], dim=0)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Final LayerNorm, global average pool, optional dropout and head. ``global_pool=''`` returns the
-        normalised ``(B, C, h, w)`` map."""
+        """Final LayerNorm, global average pool, optional dropout and head: ``(B, h, w, C)`` ->
+        ``(B, num_classes)`` (``(B, C)`` with ``pre_logits``). ``global_pool=''`` skips the pooling: the
+        head acts on every position of the normalised ``(B, h, w, C)`` map."""
         x = self.classifier.norm(x)
-        if not self.global_pool:
-            return x.permute(0, 3, 1, 2)
-        x = x.mean(dim=(1, 2))
+        if self.global_pool:
+            x = x.mean(dim=(1, 2))
         if self.drop_rate:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.classifier.head(x)
@@ -526,9 +653,10 @@ _COMMON = dict(d_state=1, ssm_ratio=2.0, dt_rank="auto", ssm_conv=3, ssm_conv_bi
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
     return dict(
-        url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
-        interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-        first_conv="patch_embed.0", classifier="classifier.head", **kwargs,
+        url="", num_classes=1000, input_size=(3, 224, 224), min_input_size=(3, _STRIDE, _STRIDE), pool_size=(7, 7),
+        crop_pct=0.875,
+        interpolation="bicubic", fixed_input_size=False, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+        first_conv="patch_embed.0", classifier="classifier.head", license="mit", **kwargs,
     )
 
 
@@ -538,7 +666,12 @@ default_cfgs = generate_default_cfgs({name: _cfg() for name in VMAMBA_VARIANTS})
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> VMamba:
     args = dict(_COMMON, **VMAMBA_VARIANTS[variant])
     args.update(kwargs)
-    return build_model_with_cfg(VMamba, variant, pretrained, **args)
+    # features_only: FeatureGetterNet over forward_intermediates (NCHW maps), every stage by default
+    return build_model_with_cfg(
+        VMamba, variant, pretrained,
+        feature_cfg=dict(feature_cls="getter", out_indices=tuple(range(len(args["depths"])))),
+        **args,
+    )
 
 
 def create_vmamba(variant: str, pretrained: bool = False, **kwargs: Any) -> VMamba:

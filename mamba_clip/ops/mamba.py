@@ -101,27 +101,37 @@ class Mamba(nn.Module):
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **fk)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **fk)
 
-        # dt init: weight ~ U(-s, s) (or constant s), s = dt_rank^-0.5 * dt_scale; bias = softplus^-1(dt)
-        # with dt log-uniform in [dt_min, dt_max], floored at dt_init_floor.
-        std = self.dt_rank ** -0.5 * dt_scale
-        with torch.no_grad():
-            if dt_init == "constant":
-                self.dt_proj.weight.fill_(std)
-            else:
-                self.dt_proj.weight.uniform_(-std, std)
-            dt = torch.exp(
-                torch.rand(self.d_inner, device=device) * (math.log(dt_max) - math.log(dt_min))
-                + math.log(dt_min)
-            ).clamp(min=dt_init_floor)
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        self.dt_proj.bias._no_reinit = True
-
-        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
-        self.A_log = nn.Parameter(torch.log(A))  # float32, (d_inner, d_state)
+        self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state, dtype=torch.float32, device=device))
         self.A_log._no_weight_decay = True
-        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))  # float32
+        self.D = nn.Parameter(torch.empty(self.d_inner, dtype=torch.float32, device=device))  # float32
         self.D._no_weight_decay = True
+        self._ssm_init = (dt_init, dt_scale, dt_min, dt_max, dt_init_floor)
+        self.reset_ssm_parameters()
+        self.dt_proj.bias._no_reinit = True
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **fk)
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """mamba-ssm's init of the SSM parameters (also after ``to_empty()`` of a meta-device build).
+
+        dt_proj weight ~ U(-s, s) (or constant s), s = dt_rank^-0.5 * dt_scale; dt_proj bias =
+        softplus^-1(dt) with dt log-uniform in [dt_min, dt_max], floored at dt_init_floor; A_log =
+        log(1..d_state) per channel (float32); D = 1.
+        """
+        dt_init, dt_scale, dt_min, dt_max, dt_init_floor = self._ssm_init
+        std = self.dt_rank ** -0.5 * dt_scale
+        if dt_init == "constant":
+            self.dt_proj.weight.fill_(std)
+        else:
+            self.dt_proj.weight.uniform_(-std, std)
+        dev = self.dt_proj.bias.device
+        dt = torch.exp(
+            torch.rand(self.d_inner, device=dev) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        ).clamp(min=dt_init_floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        a = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
+        self.A_log.copy_(torch.log(a).expand_as(self.A_log))
+        self.D.fill_(1.0)
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         """hidden_states: (batch, L, d_model) -> (batch, L, d_model)."""

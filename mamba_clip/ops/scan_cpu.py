@@ -12,7 +12,8 @@ The kernel is exposed as two ``torch.library`` custom ops (``mamba_clip::scan_cp
 The same library holds the fused VMamba SS2D inference forward for N == 1 (``ss2d_fwd_n1``, op
 ``mamba_clip::ss2d_cpu_fwd``, no autograd; see :mod:`mamba_clip.ops.ss2d_fused`).
 Threads: ``torch.get_num_threads()`` (1 in a fork() child of a process that already used the
-kernel's OpenMP pool, which does not survive fork). Compute dtype float32.
+kernel's OpenMP pool, which does not survive fork), on torch's own OpenMP pool (see ``_open``; the
+wait policy is set in :mod:`mamba_clip._autoload`). Compute dtype float32.
 
 For N == 1 (VMamba) a forward that will be differentiated saves dt and the states, (batch, D, L)
 each, so the backward is one reverse sweep without recomputing the forward. On Linux the large
@@ -150,17 +151,18 @@ def _build(path: Path) -> None:
 
 
 def _open(path: Path) -> ctypes.CDLL:
-    # The kernel's OpenMP runtime (the system libgomp, separate from torch's bundled one) reads its
-    # settings when it is loaded: make idle workers sleep instead of spinning (unless the user chose),
-    # which matters on shared or oversubscribed machines; restore the environment afterwards.
-    prev = os.environ.get("OMP_WAIT_POLICY")
-    if prev is None:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    # With pip's torch the kernel's libgomp.so.1 resolves to the runtime torch already loaded (one
+    # pool, whose wait policy mamba_clip._autoload set before torch started it). Where torch uses
+    # another runtime (libiomp5, ...) the kernel brings its own libgomp, which reads its settings
+    # now: give it the same short spin (unless the user chose), restore the environment afterwards.
+    from .._autoload import openmp_defaults
+
+    added = openmp_defaults()
     try:
         lib = ctypes.CDLL(str(path))
     finally:
-        if prev is None:
-            os.environ.pop("OMP_WAIT_POLICY", None)
+        for k in added:
+            os.environ.pop(k, None)
     f, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.ss_fwd.argtypes = [f] * 8 + [i32] + [i64] * 5 + [f] * 4 + [i32]
     lib.ss_fwd.restype = i32

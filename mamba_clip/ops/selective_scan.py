@@ -279,19 +279,38 @@ def check_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> None:
     n = A.shape[1]
 
     def bc_ok(s):
+        if len(s) == 2:
+            return s == (d, n)
         if len(s) == 3:
             return s == (b, n, L)
         return len(s) == 4 and s[0] == b and s[2:] == (n, L) and s[1] >= 1 and d % s[1] == 0
 
     for name, M in (("B", B), ("C", C)):
-        _check_tensor(name, M, f"(batch, N, L) = {(b, n, L)} or (batch, G, N, L) = ({b}, G, {n}, {L}) "
-                      f"with D={d} divisible by G", bc_ok, dev)
+        _check_tensor(name, M, f"(D, N) = {(d, n)} (constant), (batch, N, L) = {(b, n, L)} or "
+                      f"(batch, G, N, L) = ({b}, G, {n}, {L}) with D={d} divisible by G", bc_ok, dev)
     if D is not None:
         _check_tensor("D", D, f"(D,) = ({d},)", lambda s: s == (d,), dev)
     if z is not None:
         _check_tensor("z", z, f"(batch, D, L) = {(b, d, L)}", lambda s: s == (b, d, L), dev)
     if delta_bias is not None:
         _check_tensor("delta_bias", delta_bias, f"(D,) = ({d},)", lambda s: s == (d,), dev)
+
+
+def _per_channel_bc(B: Tensor, C: Tensor, batch: int, length: int) -> Tuple[Tensor, Tensor]:
+    """mamba-ssm's constant (input-independent) B / C of shape (D, N) as the grouped form every backend
+    takes: (batch, G=D, N, L), a broadcast view. When one of B, C is constant, the other one is brought
+    to the same G = D (some kernels need equal groups). Gradients flow back to the (D, N) tensors."""
+    if B.dim() != 2 and C.dim() != 2:
+        return B, C
+
+    def per_channel(M: Tensor) -> Tensor:
+        if M.dim() == 2:
+            return M[None, :, :, None].expand(batch, -1, -1, length)
+        d = B.shape[0] if B.dim() == 2 else C.shape[0]
+        M = M.unsqueeze(1) if M.dim() == 3 else M
+        return M.repeat_interleave(d // M.shape[1], dim=1) if M.shape[1] != d else M
+
+    return per_channel(B), per_channel(C)
 
 
 def selective_scan(
@@ -310,9 +329,11 @@ def selective_scan(
     """Selective scan with mamba-ssm ``selective_scan_fn`` semantics.
 
     Args:
-        u, delta: (batch, D, L). A: (D, N), real. B, C: (batch, N, L) or grouped (batch, G, N, L),
-            D divisible by G (channel d uses group ``d // (D // G)``). D: (D,) skip. z: (batch, D, L)
-            gate, ``y * silu(z)``. delta_bias: (D,), added to delta before the optional softplus.
+        u, delta: (batch, D, L). A: (D, N), real. B, C: (batch, N, L), grouped (batch, G, N, L) with
+            D divisible by G (channel d uses group ``d // (D // G)``), or constant (D, N) (not
+            input-dependent; normalised here to the grouped form, so every backend takes it).
+            D: (D,) skip. z: (batch, D, L) gate, ``y * silu(z)``. delta_bias: (D,), added to delta
+            before the optional softplus.
         backend: one of ``BACKENDS``.
 
     Returns:
@@ -321,6 +342,7 @@ def selective_scan(
     """
     check_inputs(u, delta, A, B, C, D, z, delta_bias)
     name = resolve_backend(backend, u)
+    B, C = _per_channel_bc(B, C, u.shape[0], u.shape[2])
     return _backend_fn(name)(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
                              bool(return_last_state))
 

@@ -241,8 +241,13 @@ def test_classifier_reset_and_pooling():
     assert model(x).shape == (2, 7)
     model.reset_classifier(0)
     assert model(x).shape == (2, model.num_features)
+    # no pooling: the normalised channels-last map (output_fmt NHWC), the head acting per position
+    model.reset_classifier(0, global_pool="")
+    feats = model.forward_features(x)
+    assert model.output_fmt == "NHWC" and feats.shape == (2, 2, 2, model.num_features)
+    torch.testing.assert_close(model.forward_head(feats), model.classifier.norm(feats))
     model.reset_classifier(3, global_pool="")
-    assert model.forward_head(model.forward_features(x)).shape == (2, model.num_features, 2, 2)
+    assert model.forward_head(feats).shape == (2, 2, 2, 3)
     model.reset_classifier(4, global_pool="avg")
     assert model(x).shape == (2, 4) and model.get_classifier().out_features == 4
     with pytest.raises(ValueError, match="global_pool"):
