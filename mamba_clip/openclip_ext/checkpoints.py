@@ -522,15 +522,15 @@ def export_file(
     if ckpt.layout != "open_clip":
         raise NotACheckpointError(f"{src!r} is already in the original layout; nothing to export")
     model_name = model_name or ckpt.meta.get("model") or identify_model(ckpt.state_dict)
-    if not model_name:
+    if not model_name and not ckpt.meta.get("source"):  # nothing to record but "CLIP_None"
         raise ModelMismatchError(
             f"{src!r} records no model name and its tensors match none of {our_model_names()}; "
             "name the model with --model (model_name=...)"
         )
-    if check:
+    if check and model_name:
         to_open_clip(ckpt, target=model_name)
     sd = {k: v.contiguous() for k, v in open_clip_to_original(ckpt.state_dict).items()}
-    source = ORIGINAL_NAMES.get(model_name, ckpt.meta.get("source") or f"CLIP_{model_name}")
+    source = ORIGINAL_NAMES.get(model_name or "", ckpt.meta.get("source") or f"CLIP_{model_name}")
     payload = {
         "epoch": 0,
         "state_dict": sd,
