@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-quick lint bench venv
+.PHONY: demo test test-quick lint bench venv docs
 venv: $(STAMP)
 
 $(STAMP): setup.py
@@ -35,3 +35,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_scan.py
 	$(PY) benchmarks/bench_towers.py
+
+# the demo, then docs/demo_results.md from its report (the numbers the docs quote)
+docs: demo
+	$(PY) docs/_generate.py demo_out

@@ -6,9 +6,11 @@ arguments. This file only lists them, so ``mamba-clip --help`` stays fast (modul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 # subcommand -> module with add_parser(subparsers)
 SUBCOMMANDS = {
@@ -84,6 +86,39 @@ def _use_help_formatter(parser: argparse.ArgumentParser) -> None:
         p.formatter_class = HelpFormatter
 
 
+# set while a command runs with --no-progress, for subprocesses (the demo's stock trainer) and libraries
+# imported later: tqdm (>= 4.66) reads TQDM_DISABLE when imported, Hugging Face downloads have their own
+QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+@contextlib.contextmanager
+def no_progress_bars(quiet: bool) -> Iterator[None]:
+    """With ``quiet``, every progress bar is off inside the block: ours, the libraries' (tqdm's default
+    becomes ``disable=True``) and those of subprocesses (environment); all restored after."""
+    saved = {k: os.environ.get(k) for k in QUIET_ENV}
+    patched = None
+    if quiet:
+        os.environ.update(QUIET_ENV)
+        import functools
+
+        import tqdm.std
+
+        patched = tqdm.std.tqdm.__init__
+        tqdm.std.tqdm.__init__ = functools.partialmethod(patched, disable=True)
+    try:
+        yield
+    finally:
+        if patched is not None:
+            import tqdm.std
+
+            tqdm.std.tqdm.__init__ = patched
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .cli_checks import debug_requested, run_command
 
@@ -92,7 +127,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    return run_command(args.func, args, debug=debug)
+    quiet = bool(getattr(args, "no_progress", False)) or getattr(args, "progress", None) is False
+    with no_progress_bars(quiet):
+        return run_command(args.func, args, debug=debug)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,17 @@ def shared_dir() -> Path:
     return SHARED
 
 
+@pytest.fixture(scope="session")
+def checkpoint_keys_dir(tmp_path_factory) -> Path:
+    """The release key lists (``CLIP_*.tsv``) from the package data, unpacked: no ../shared needed."""
+    from mamba_clip.openclip_ext.release_keys import RELEASE_FILES, release_key_text
+
+    folder = tmp_path_factory.mktemp("checkpoint-keys")
+    for stem in RELEASE_FILES.values():
+        (folder / f"{stem}.tsv").write_text(release_key_text(stem))
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     import torch
@@ -29,3 +40,18 @@ def _seed():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end test (still runs in CI)")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """One line saying how many tests skipped because ../shared is missing, and how to get it."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    no_shared = [r for r in skipped if "shared data folder not found" in str(r.longrepr)]
+    if no_shared:
+        terminalreporter.write_line(
+            f"{len(no_shared)} of {len(skipped)} skipped tests need the shared data folder, not found at {SHARED} "
+            "(real stimuli, model-vs-human raw data, reference files; README.md, 'Two commands', says where they "
+            "come from): put it at ../shared beside the checkout or set MAMBA_CLIP_SHARED=/path/to/shared",
+            yellow=True)
+    other = len(skipped) - len(no_shared)
+    if other:
+        terminalreporter.write_line(f"{other} other skipped tests: pytest -rs lists why", yellow=True)

@@ -19,14 +19,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory, shared_dir):
+def quick_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("demo")
     out = work / "out"
-    # a relative --out, as `make demo` passes it
+    # a relative --out, as `make demo` passes it; no shared folder: the key lists ship with the package
     proc = subprocess.run([sys.executable, "-m", "mamba_clip", "demo", "--quick", "--out", "out", "--shared",
-                           str(shared_dir), "--no-progress"], capture_output=True, text=True, timeout=1200,
+                           str(work / "no-shared"), "--no-progress"], capture_output=True, text=True, timeout=1200,
                           cwd=str(work))  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    # --no-progress: no bar anywhere (ours, the libraries', the stock trainer's subprocess)
+    assert "it/s]" not in proc.stderr and "%|" not in proc.stderr, proc.stderr[-2000:]
     return out, proc.stdout
 
 
@@ -52,6 +54,7 @@ def test_quick_demo_report_files(quick_run):
             assert per and all(0.0 <= a <= 1.0 for a in per.values())
     towers = [r for r in report["towers"].values() if isinstance(r, dict) and "release_keys" in r]
     assert len(towers) == 6 and all(r["matching_keys"] == r["release_keys"] for r in towers)
+    assert {r["release_keys_source"] for r in towers} == {"package data"}
     for name in ("train_loss.png", "ood_figure2.png", "hessian_spectra.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
@@ -66,7 +69,8 @@ def test_quick_demo_report_files(quick_run):
                                       for m in MODELS)
 
 
-def test_quick_demo_resumes_and_repeats(quick_run, tmp_path, shared_dir):
+def test_quick_demo_resumes_and_repeats(quick_run, tmp_path):
+    shared_dir = tmp_path / "no-shared"
     out, _ = quick_run
     before = json.loads((out / "report.json").read_text())
     ckpt = Path(before["train"]["models"]["vit-nano"]["checkpoint"])

@@ -131,3 +131,16 @@ def test_report_sentences_follow_the_numbers():
     assert "within 2 points" in demo_report.findings(rep)[0]
     md = demo_report.render_markdown(rep)
     assert "| a | 2 | 1 |" in md and "| b | 2 | 0 |" in md
+
+
+def test_release_keys_without_shared_folder_and_report_reason(tmp_path):
+    from mamba_clip.demo.study import _release_keys
+
+    keys, source = _release_keys(tmp_path / "no-shared", "vmamba-s")
+    assert source == "package data" and keys["patch_embed.0.weight"] == (48, 3, 3, 3)
+    rep = {"towers": {"vmamba-s": {"trunk_params": 10, "release_keys": 3, "matching_keys": 3,
+                                   "release_keys_source": "package data"},
+                      "simba-s": {"trunk_params": 20, "release_keys_source": "no release key list: gone"}}}
+    md = demo_report.render_markdown(rep)
+    assert "| vmamba-s | 10 | 3/3 |" in md and "Key lists from: package data." in md
+    assert "| simba-s | 20 | n/a |" in md and "n/a: no release key list: gone." in md

@@ -64,6 +64,13 @@ def test_non_editable_wheel_install(tmp_path):
     assert "mamba_clip_autoload.pth" in names
     for cfg in CONFIG_NAMES:
         assert f"mamba_clip/model_configs/{cfg}.json" in names
+    # data the code reads at run time, with the licence and source notes beside it
+    for data in ("eval/ood/data/mean_power_spectrum_grey.npy", "eval/ood/data/x_gamma_function.npy",
+                 "eval/ood/data/LICENSE.txt", "eval/ood/data/README.md",
+                 "openclip_ext/data/checkpoint-keys/CLIP_VMamba_T220.tsv.gz",
+                 "openclip_ext/data/checkpoint-keys/CLIP_Simba_L.tsv.gz",
+                 "openclip_ext/data/checkpoint-keys/README.md"):
+        assert f"mamba_clip/{data}" in names, data
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

@@ -13,7 +13,7 @@ Steps (``--steps-only`` picks some; each writes ``OUT/<step>.json`` and is skipp
 7. ``hessian``   top-k Hessian eigenvalues of the zero-shot loss per batch (Figure 3 style).
 
 ``OUT/report.md`` (with ``report.json`` and the CSVs behind its tables) says what was run and what the
-numbers show. ``--quick`` runs every step on a sliver of the data (about a minute; a smoke test).
+numbers show. ``--quick`` runs every step on a sliver of the data (about 3 minutes on two cores; a smoke test).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps-only", nargs="+", metavar="STEP", dest="only", choices=list(STEPS),
                    help=f"run only these steps ({', '.join(STEPS)})")
     p.add_argument("--force", action="store_true", help="redo steps already finished in --out")
-    p.add_argument("--quick", action="store_true", help="every step on a sliver of the data (about a minute)")
+    p.add_argument("--quick", action="store_true", help="every step on a sliver of the data (about 3 minutes)")
     p.add_argument("--seed", type=int, default=None, help=f"data split, training and Hessian seed "
                    f"(default {DEFAULTS['seed']})")
     p.add_argument("--epochs", type=int, default=None, help=f"training epochs (default {DEFAULTS['epochs']})")

@@ -169,10 +169,22 @@ def render_markdown(report: Dict, tabs: Optional[Dict[str, List[Dict]]] = None) 
         lines.append("")
     if "towers" in report:
         lines += ["## CLIP-Mamba image towers", "", "| model | trunk params | release keys matched |", "|---|---|---|"]
+        reasons = set()
         for m, r in report["towers"].items():
             if isinstance(r, dict) and "trunk_params" in r:
-                keys = f"{r['matching_keys']}/{r['release_keys']}" if "release_keys" in r else "n/a"
+                if "release_keys" in r:
+                    keys = f"{r['matching_keys']}/{r['release_keys']}"
+                else:
+                    keys = "n/a"
+                    reasons.add(r.get("release_keys_source") or "no release key list was found (run before the "
+                                "key lists shipped with the package: rerun with --force)")
                 lines.append(f"| {m} | {r['trunk_params']:,} | {keys} |")
+        sources = {r.get("release_keys_source") for r in report["towers"].values() if isinstance(r, dict)
+                   and "release_keys" in r}
+        if sources:
+            lines.append(f"\nKey lists from: {', '.join(sorted(s for s in sources if s))}.")
+        for reason in sorted(reasons):
+            lines.append(f"\nn/a: {reason}.")
         lines.append("")
     if "data" in report:
         m = report["data"]["manifest"]

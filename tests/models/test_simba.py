@@ -106,8 +106,8 @@ def _tsv_subtree(path: Path, prefix: str):
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_state_dict_matches_release_keys(shared_dir, name):
-    tsv = shared_dir / "reference" / "checkpoint-keys" / f"CLIP_Simba_{VARIANTS[name]['ckpt']}.tsv"
+def test_state_dict_matches_release_keys(checkpoint_keys_dir, name):
+    tsv = checkpoint_keys_dir / f"CLIP_Simba_{VARIANTS[name]['ckpt']}.tsv"
     ours = {k: tuple(v.shape) for k, v in _big(name).state_dict().items()}
     for prefix in ("module.visual.", "module.visual_e."):
         ref = _tsv_subtree(tsv, prefix)

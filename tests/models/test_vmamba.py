@@ -24,11 +24,11 @@ def _tiny(forward_type="v3noz", **kw):
 
 # ---------------------------------------------------------------------------------- architecture
 @pytest.mark.parametrize("name", sorted(TRUNK_PARAMS))
-def test_trunk_param_count_and_checkpoint_keys(name, shared_dir):
+def test_trunk_param_count_and_checkpoint_keys(name, checkpoint_keys_dir):
     model = timm.create_model(name, num_classes=0)
     assert sum(p.numel() for p in model.parameters()) == TRUNK_PARAMS[name]
     ref = {}
-    for line in (shared_dir / "reference" / "checkpoint-keys" / KEY_LISTS[name]).read_text().splitlines():
+    for line in (checkpoint_keys_dir / KEY_LISTS[name]).read_text().splitlines():
         key, shape, _ = line.split("\t")
         if key.startswith("module.visual."):
             ref[key[len("module.visual."):]] = tuple(eval(shape))  # noqa: S307 - "(a, b)" literals

@@ -22,8 +22,8 @@ RELEASES = {
 }
 
 
-def _tsv(shared_dir, original):
-    return read_tsv(shared_dir / "reference" / "checkpoint-keys" / f"{original}.tsv")
+def _tsv(keys_dir, original):
+    return read_tsv(keys_dir / f"{original}.tsv")
 
 
 def _scalar_state_dict(layout):
@@ -35,10 +35,10 @@ def _scalar_state_dict(layout):
 
 
 @pytest.mark.parametrize("name", sorted(RELEASES))
-def test_release_key_lists_match_our_models(shared_dir, name):
+def test_release_key_lists_match_our_models(checkpoint_keys_dir, name):
     """The release layout of each of our full-size models is exactly the shared key list, and the
     converted EMA and online towers fit the model key for key, shape for shape."""
-    layout = _tsv(shared_dir, RELEASES[name])
+    layout = _tsv(checkpoint_keys_dir, RELEASES[name])
     shapes = ck.model_state_shapes(name)
     ours = release_layout({k: (s, None) for k, s in shapes.items()})
     assert {k: s for k, (s, _) in ours.items()} == {k: s for k, (s, _) in layout.items()}
@@ -50,8 +50,8 @@ def test_release_key_lists_match_our_models(shared_dir, name):
 
 @pytest.mark.parametrize("original", ["CLIP_VMamba_B", "CLIP_Simba_S"])
 @pytest.mark.parametrize("towers", ck.TOWERS)
-def test_tower_selection_full_size(shared_dir, original, towers):
-    layout = _tsv(shared_dir, original)
+def test_tower_selection_full_size(checkpoint_keys_dir, original, towers):
+    layout = _tsv(checkpoint_keys_dir, original)
     sd = _scalar_state_dict(layout)
     out = ck.original_to_open_clip(sd, towers)
     e = "_e" if towers == "ema" else ""
@@ -78,13 +78,13 @@ def test_tower_selection_full_size(shared_dir, original, towers):
         assert v.dtype == layout[src][1]
 
 
-def test_identify_model_from_shapes(shared_dir):
-    sd = _scalar_state_dict(_tsv(shared_dir, "CLIP_Simba_S"))
+def test_identify_model_from_shapes(checkpoint_keys_dir):
+    sd = _scalar_state_dict(_tsv(checkpoint_keys_dir, "CLIP_Simba_S"))
     assert ck.identify_model(ck._strip_module(sd)) == "simba-s"
 
 
-def test_other_model_names_both_and_lists_keys(shared_dir):
-    sd = _scalar_state_dict(_tsv(shared_dir, "CLIP_Simba_S"))
+def test_other_model_names_both_and_lists_keys(checkpoint_keys_dir):
+    sd = _scalar_state_dict(_tsv(checkpoint_keys_dir, "CLIP_Simba_S"))
     loaded = ck.LoadedCheckpoint("x.pt", ck._strip_module(sd), "original", {"source": "CLIP_Simba_S"})
     with pytest.raises(ck.ModelMismatchError) as err:
         ck.to_open_clip(loaded, target="simba-b")
@@ -101,8 +101,8 @@ def test_other_model_names_both_and_lists_keys(shared_dir):
         ck.to_open_clip(loaded, target="simba-b")
 
 
-def test_missing_tower_copy(shared_dir):
-    sd = _scalar_state_dict(_tsv(shared_dir, "CLIP_Simba_S"))
+def test_missing_tower_copy(checkpoint_keys_dir):
+    sd = _scalar_state_dict(_tsv(checkpoint_keys_dir, "CLIP_Simba_S"))
     no_ema = {k: v for k, v in sd.items() if not k.startswith("module.visual_e.")}
     with pytest.raises(ck.TowerMissingError, match=r"no complete EMA tower copy.*visual_e\.\*.*'online'"):
         ck.original_to_open_clip(no_ema, "ema")

@@ -13,6 +13,7 @@ Heavy imports (torch, open_clip, matplotlib) happen inside the commands, so ``--
 from __future__ import annotations
 
 import argparse
+import sys
 
 from mamba_clip.cli_checks import UsageError, positive_float, positive_int
 
@@ -35,7 +36,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="default: zeroshot for an ImageFolder, clip for a CSV")
     p.add_argument("--params", default="image", help="image (default), text, all, or a regular expression "
                                                      "on parameter names")
-    p.add_argument("--n-samples", type=positive_int, default=3000, help="images (or pairs) to use in all")
+    p.add_argument("--n-samples", type=positive_int, default=3000,
+                   help="images in all (default 3000, the paper's protocol: 200 batches; on a CPU each batch of "
+                        "a full-size model takes minutes, an estimate is printed after the first)")
     p.add_argument("--batch-size", type=positive_int, default=15, help="samples per Hessian batch")
     p.add_argument("--k", type=positive_int, default=5, help="eigenvalues per batch (largest magnitude, signed)")
     p.add_argument("--image-size", type=positive_int, default=None, help="force the model's image size (default: "
@@ -51,7 +54,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--labels", nargs="+", default=None, help="plot: one label per run")
     p.add_argument("--title", default=None, help="plot: figure title")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the plan and estimate lines "
+                                                                 "still go to stderr)")
     p.set_defaults(func=_main)
     return p
 
@@ -123,6 +127,7 @@ def _run(args) -> int:
 
     import open_clip
     import torch
+    from tqdm import tqdm
 
     from mamba_clip.distributed import Dist
 
@@ -143,6 +148,7 @@ def _run(args) -> int:
             params=args.params, templates=templates, tokenizer=tokenizer, seed=args.seed,
             progress=not args.no_progress, out_dir=args.out, max_iter=args.max_iter, tol=args.tol,
             method=args.method, label=args.label or args.model, transform=preprocess, device=device, dist=dist,
+            log=lambda line: tqdm.write(line, file=sys.stderr),  # above the bar, not into it
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e)) from None

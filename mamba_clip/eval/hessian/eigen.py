@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -120,8 +121,9 @@ def lanczos_top_eigenvalues(hvp: HVP, k: int, max_iter: int, tol: float, seed: i
 
 def hessian_top_eigen(model: nn.Module, loss_fn: LossFn, batch, k: int = 5, max_iter: int = 100,
                       tol: float = 1e-3, params: ParamSpec = None, seed: int = 0,
-                      method: str = "power") -> EigenResult:
-    """:func:`hessian_top_eigenvalues` with the number of products and the time (for run files)."""
+                      method: str = "power", on_product: Optional[Callable[[int], None]] = None) -> EigenResult:
+    """:func:`hessian_top_eigenvalues` with the number of products and the time (for run files).
+    ``on_product(n)`` is called after each Hessian-vector product (``n`` products so far; progress)."""
     _check_args(k, max_iter, tol, method)
     plist = [p for _, p in select_parameters(model, params)]
     t0 = time.perf_counter()
@@ -129,10 +131,12 @@ def hessian_top_eigen(model: nn.Module, loss_fn: LossFn, batch, k: int = 5, max_
         if method == "power":
             from .pyhessian_adapter import pyhessian_top_eigenvalues
 
-            values, count = pyhessian_top_eigenvalues(model, loss_fn, batch, plist, k, max_iter, tol, seed)
+            values, count = pyhessian_top_eigenvalues(model, loss_fn, batch, plist, k, max_iter, tol, seed,
+                                                      on_product=on_product)
             n_params = sum(p.numel() for p in plist if p.requires_grad)
         else:
             hvp = HVP(model, loss_fn, batch, plist)
+            hvp.on_product = on_product
             values = lanczos_top_eigenvalues(hvp, k, max_iter, tol, seed)
             count, n_params = hvp.count, hvp.n
             del hvp

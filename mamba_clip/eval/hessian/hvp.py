@@ -19,7 +19,7 @@ and restores all of it on exit.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -107,6 +107,7 @@ class HVP:
         self.dtype = self.params[0].dtype
         self.device = self.params[0].device
         self.count = 0
+        self.on_product: Optional[Callable[[int], None]] = None  # called with the count after each product
 
     def unflatten(self, v: Tensor) -> List[Tensor]:
         return [c.view_as(p) for c, p in zip(torch.split(v, self.numel), self.params)]
@@ -119,5 +120,7 @@ class HVP:
         hv = torch.autograd.grad([self.grads[i] for i in live], self.params,
                                  grad_outputs=[vs[i] for i in live], retain_graph=True, allow_unused=True)
         self.count += 1
+        if self.on_product is not None:
+            self.on_product(self.count)
         return torch.cat([(h if h is not None else torch.zeros_like(p)).reshape(-1)
                           for h, p in zip(hv, self.params)]).detach()

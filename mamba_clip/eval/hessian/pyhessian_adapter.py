@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -58,7 +58,8 @@ def _identity_criterion(loss: Tensor, _targets) -> Tensor:
 
 
 def pyhessian_top_eigenvalues(model: nn.Module, loss_fn: LossFn, batch, params: Sequence[Tensor], k: int,
-                              max_iter: int, tol: float, seed: int) -> Tuple[Tensor, int]:
+                              max_iter: int, tol: float, seed: int,
+                              on_product: Optional[Callable[[int], None]] = None) -> Tuple[Tensor, int]:
     """Top-``k`` eigenvalues (signed, PyHessian's order) and the number of Hessian-vector products.
 
     Call inside :func:`~.hvp.second_order_mode` (``model``'s selected ``params`` require grad, the
@@ -87,6 +88,8 @@ def pyhessian_top_eigenvalues(model: nn.Module, loss_fn: LossFn, batch, params: 
 
     def _count(grad):
         count[0] += 1
+        if on_product is not None:
+            on_product(count[0] + 1)  # + the probe product of _probe_scale
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,7 @@ class RunStore:
 
     def __init__(self, out_dir: Union[str, os.PathLike], label: str, settings: dict, parts_only: bool = False):
         self.dir = Path(out_dir)
+        self.finished = False  # a complete run found: a rerun that adds nothing leaves the files alone
         self.parts_only = parts_only  # several ranks: each batch to its own part file, rank 0 merges
         self.key = hashlib.sha1(json.dumps({k: settings.get(k) for k in KEY_SETTINGS}, sort_keys=True,
                                            default=str).encode()).hexdigest()[:16]  # fmt: skip
@@ -134,12 +136,14 @@ class RunStore:
             if old.get("format") != FORMAT:
                 raise ValueError(f"{path}: not a Hessian eigenvalue file; choose another output folder")
             diff = {k: (old["settings"].get(k), settings.get(k)) for k in KEY_SETTINGS
-                    if old["settings"].get(k) != settings.get(k)}
+                    if old["settings"].get(k) != settings.get(k) and not _legacy_same(k, old["settings"], settings)}
             if diff:
                 lines = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
                 raise ValueError(f"{self.dir} holds a run with other settings ({lines}); use another output "
                                  "folder or delete it to start again")
             self.record["batches"] = old["batches"]
+            self.finished = bool(old.get("complete")) and old.get("label") == label
+        self.added = 0
 
     def _parts(self) -> Dict[int, dict]:
         """Batches written by the ranks of a multi-process run and not merged yet."""
@@ -166,7 +170,13 @@ class RunStore:
             return
         self.record["batches"] = [r for r in self.record["batches"] if r["index"] != entry["index"]] + [entry]
         self.record["batches"].sort(key=lambda r: r["index"])
+        self.added += 1
         self.save()
+
+    def close(self) -> None:
+        """Mark the run complete, unless it was already and nothing changed (files untouched)."""
+        if not (self.finished and self.added == 0):
+            self.save(complete=True)
 
     def merge_parts(self, n_planned: Optional[int] = None) -> None:
         """Fold the part files into the record, save it (``complete`` when all ``n_planned`` batches are
@@ -197,7 +207,19 @@ class RunStore:
 
 
 def _template_names(templates) -> list:
-    return [t if isinstance(t, str) else getattr(t, "__name__", repr(t)) for t in templates]
+    """The template strings (``{}`` for the class name), also for open_clip's lambda templates."""
+    return [format_template(t, "{}") for t in templates]
+
+
+def _legacy_same(key: str, old: dict, new: dict) -> bool:
+    """Runs written before the template strings were recorded hold ``'<lambda>'`` per template."""
+    a, b = old.get(key), new.get(key)
+    return (key == "templates" and isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
+            and all(t == "<lambda>" for t in a))
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def hessian_spectrum(
@@ -222,6 +244,7 @@ def hessian_spectrum(
     logit_scale: Optional[float] = None,
     device=None,
     dist=None,
+    log: Optional[Callable[[str], None]] = None,
 ) -> HessianSpectrum:
     """Top-``k`` Hessian eigenvalues of the loss on each of ``ceil(n_samples / batch_size)`` batches.
 
@@ -244,7 +267,10 @@ def hessian_spectrum(
         k, max_iter, tol, method, seed: as :func:`~.eigen.hessian_top_eigenvalues` (batch ``i`` uses
             ``seed + i``; ``seed`` also draws the samples).
         out_dir: run folder (resumable, see the module docstring); ``label`` names the model in it
-            and in plots.
+            and in plots. A finished run that is rerun is read back, its files untouched.
+        progress: a bar per batch whose postfix counts the Hessian-vector products of the batch.
+        log: receives the plan line and, after the first batch, the time estimate (default: written
+            beside the bar when ``progress``).
         dist: a :class:`mamba_clip.distributed.Dist` to split the batches over several processes (needs
             ``out_dir``, the meeting point); rank 0 returns the merged spectrum, other ranks their view.
 
@@ -304,8 +330,19 @@ def hessian_spectrum(
     done = store.done() if store is not None else {}
     results = dict(done)
     mine = set(dist.share(list(range(n_planned)), done=lambda i: i in done)) if several else None
+    say = log or ((lambda m: tqdm.write(m, file=sys.stderr)) if progress else (lambda m: None))
+    per_batch = k * max_iter + 1 if method == "power" else max_iter  # power: + the scale probe
+    todo = len(mine) if mine is not None else None if n_planned is None else n_planned - len(done)
+    if todo is None or todo > 0:
+        plan = "batches from an iterable" if todo is None else f"{todo} of {n_planned} batches to go"
+        say(f"Hessian {label}: {plan}{'' if mine is None else ' in this process'}, top-{k} by {method} "
+            f"iteration, at most {per_batch} Hessian-vector products per batch")
+    first = True
     with tqdm(total=n_planned if mine is None else len(mine), desc=f"Hessian {label}", unit="batch",
-              disable=not progress, initial=len(done) if mine is None else 0) as bar:  # fmt: skip
+              disable=not progress, initial=len(done) if mine is None else 0, file=sys.stderr) as bar:  # fmt: skip
+        def on_product(n: int) -> None:
+            bar.set_postfix_str(f"products {n}/{per_batch} max")
+
         skip = (lambda i: i in done) if mine is None else (lambda i: i not in mine)
         for batch in iter_batches(data, dataset, n_samples, batch_size, seed, skip=skip):
             targets = _prepare_targets(batch, loss, classnames, temps, tokenizer)
@@ -313,7 +350,8 @@ def hessian_spectrum(
             if isinstance(targets, torch.Tensor):
                 targets = targets.to(device)
             res = hessian_top_eigen(model, loss_fn, (images, targets), k=k, max_iter=max_iter, tol=tol,
-                                    params=plist, seed=seed + batch.index, method=method)
+                                    params=plist, seed=seed + batch.index, method=method,
+                                    on_product=on_product if progress else None)
             entry = {"index": batch.index, "n_images": int(len(images)),
                      "eigenvalues": [float(v) for v in res.eigenvalues], "seconds": round(res.seconds, 4),
                      "n_hvp": res.n_hvp}
@@ -324,6 +362,12 @@ def hessian_spectrum(
             bar.set_postfix(top=f"{entry['eigenvalues'][0]:.3g}")
             if dist is not None:
                 dist.item_done()
+            left = todo - 1 if todo is not None else 0  # after the first batch; unknown for an iterable
+            if first and left > 0:
+                rest = "the last batch needs" if left == 1 else f"the {left} batches left need"
+                say(f"Hessian {label}: first batch took {_minutes(res.seconds)} ({res.n_hvp} products); {rest} "
+                    f"about {_minutes(res.seconds * left)} (estimate)")
+            first = False
     if store is not None and several:
         dist.barrier("hessian")
         if not dist.is_main:
@@ -334,7 +378,7 @@ def hessian_spectrum(
         if (store.dir / PARTS_DIR).is_dir():
             store.merge_parts()  # batches of an earlier multi-process run
         else:
-            store.save(complete=True)
+            store.close()  # a finished run that is rerun: files untouched
         return HessianSpectrum.load(store.dir)
     rec = {"format": FORMAT, "label": label, "settings": settings, "complete": True,
            "batches": [results[i] for i in sorted(results)]}

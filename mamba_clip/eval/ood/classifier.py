@@ -58,6 +58,23 @@ def get_templates(templates: Union[str, int, Sequence]) -> List[Union[str, Calla
     return out
 
 
+def default_cache_dir() -> Path:
+    """Text-head cache: ``$MAMBA_CLIP_CACHE/ood``, else ``$XDG_CACHE_HOME`` (or ``~/.cache``)``/mamba_clip/ood``."""
+    if os.environ.get("MAMBA_CLIP_CACHE"):
+        return Path(os.environ["MAMBA_CLIP_CACHE"]) / "ood"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mamba_clip" / "ood"
+
+
+def _say(line: str) -> None:
+    """A line on stderr, above any progress bar (not into it)."""
+    import sys
+
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
 def _template_text(t) -> str:
     return t.format("{}") if isinstance(t, str) else t("{}")
 
@@ -73,6 +90,9 @@ class CLIPDecisionMaker:
         templates: see :func:`get_templates`.
         logit_scale: softmax temperature; model-vs-human uses 100.
         cache_path: file for the text head (reused when present, written atomically otherwise).
+        progress: a labelled bar while the text head is built (its cost and estimate are printed
+            to stderr either way).
+        label: the model's name in those lines.
     """
 
     def __init__(
@@ -85,6 +105,8 @@ class CLIPDecisionMaker:
         logit_scale: float = LOGIT_SCALE,
         device: Union[str, torch.device] = "cpu",
         cache_path: Optional[os.PathLike] = None,
+        progress: bool = True,
+        label: str = "model",
     ):
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
@@ -96,6 +118,8 @@ class CLIPDecisionMaker:
         self.logit_scale = float(logit_scale)
         self.device = torch.device(device)
         self.cache_path = Path(cache_path) if cache_path is not None else None
+        self.progress = progress
+        self.label = label
         self._weights: Optional[torch.Tensor] = None
         self._agg = torch.from_numpy(aggregation_matrix()).float()
 
@@ -104,13 +128,15 @@ class CLIPDecisionMaker:
         """Build from ``"NAME[:PRETRAINED]"`` with ``open_clip.create_model_and_transforms``.
 
         Without PRETRAINED the weights are random (tests). The text head is cached under
-        ``cache_dir`` only for pretrained weights (random weights differ per construction).
+        ``cache_dir`` for a pretrained tag or a checkpoint file (keyed on its path, size and mtime);
+        random weights differ per construction and are not cached.
         """
         import open_clip
 
         name, pretrained = parse_model_spec(spec)
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
         tokenizer = open_clip.get_tokenizer(name)
+        kwargs.setdefault("label", spec)
         obj = cls(model, preprocess, tokenizer, **kwargs)
         if cache_dir is not None and pretrained is not None:
             obj.cache_path = Path(cache_dir) / f"texthead-{obj.cache_key(name, pretrained)}.pt"
@@ -146,22 +172,43 @@ class CLIPDecisionMaker:
         if self.cache_path is not None and self.cache_path.is_file():
             self._weights = torch.load(self.cache_path, map_location=self.device)
             return self._weights
-        import open_clip
-
-        names = self.classnames()
-        per_batch = max(1, min(len(names), 2000 // len(self.templates)))
-        with torch.no_grad():
-            w = open_clip.build_zero_shot_classifier(
-                self.model, self.tokenizer, names, self.templates, num_classes_per_batch=per_batch,
-                device=self.device, use_tqdm=len(names) > per_batch,
-            )  # fmt: skip
-        self._weights = w.float()
+        self._weights = self._build_text_head()
         if self.cache_path is not None:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.cache_path.with_suffix(f".tmp{os.getpid()}")
             torch.save(self._weights.cpu(), tmp)
             os.replace(tmp, self.cache_path)
         return self._weights
+
+    def _build_text_head(self) -> torch.Tensor:
+        """open_clip's ``build_zero_shot_classifier``, a chunk of classes at a time, behind a labelled
+        bar, with the cost said first and a time estimate after the first chunk."""
+        import time
+
+        import open_clip
+        from tqdm import tqdm
+
+        names, nt = self.classnames(), len(self.templates)
+        per_batch = max(1, min(len(names), 2000 // nt))
+        where = f"; cached in {self.cache_path.parent}" if self.cache_path is not None else " (not cached)"
+        _say(f"text head of {self.label}: {len(names)} classes x {nt} templates = {len(names) * nt:,} prompts "
+             f"through the text tower, once per checkpoint{where}")
+        chunks = []
+        t0 = time.perf_counter()
+        with torch.no_grad(), tqdm(total=len(names), desc=f"text head {self.label}", unit="class",
+                                   disable=not self.progress, leave=False) as bar:
+            for start in range(0, len(names), per_batch):
+                part = names[start:start + per_batch]
+                chunks.append(open_clip.build_zero_shot_classifier(
+                    self.model, self.tokenizer, part, self.templates, num_classes_per_batch=per_batch,
+                    device=self.device, use_tqdm=False).float())  # fmt: skip
+                bar.update(len(part))
+                if start == 0 and len(part) < len(names):
+                    took = time.perf_counter() - t0
+                    left = took * (len(names) - len(part)) / len(part)
+                    _say(f"text head of {self.label}: about {left / 60:.1f} min more (estimate from the first "
+                         f"{len(part)} classes; --templates simple or a small number cuts it)")
+        return torch.cat(chunks, dim=1)
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:

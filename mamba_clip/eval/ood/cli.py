@@ -56,7 +56,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--manipulation-data",
         default=None,
         help="folder with mean_power_spectrum_grey.npy and x_gamma_function.npy "
-        "(default: $MAMBA_CLIP_MANIPULATION_DATA or ../shared/data/manipulation)",
+        "(default: $MAMBA_CLIP_MANIPULATION_DATA, else the copy shipped with the package)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_make_datasets)
@@ -77,6 +77,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="datasets, found under --data-root or given as NAME=PATH",
     )
     p.add_argument("--data-root", default=None, help="folder holding the dataset folders")
+    p.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
+                   help="one short plot label per --models entry (default: the model name and checkpoint stem)")
     p.add_argument("--out", required=True, help="output folder (trial CSVs, summary.json, figures)")
     p.add_argument(
         "--humans", default=None, help="raw-data folder with the human CSVs (model-vs-human layout)"
@@ -96,12 +98,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument(
         "--cache-dir",
-        default=str(Path.home() / ".cache" / "mamba_clip" / "ood"),
-        help="text-head cache (pretrained weights only)",
+        default=None,
+        help="where the 1000-class text heads are kept, one per model and checkpoint (pretrained tag or "
+        "file; building one costs minutes on a CPU, an estimate is printed); default $MAMBA_CLIP_CACHE/ood, "
+        "else ~/.cache/mamba_clip/ood",
     )
     p.add_argument("--no-resume", action="store_true", help="re-evaluate finished dataset/model CSVs")
     p.add_argument("--no-figures", action="store_true", help="skip figure1.png / figure2.png")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (text head and images)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("metrics", help="benchmark metrics from a raw-data folder -> JSON")
@@ -162,7 +166,7 @@ def _evaluate(args) -> int:
     )
     from mamba_clip.distributed import Dist
 
-    from .classifier import parse_model_spec
+    from .classifier import default_cache_dir, parse_model_spec
     from .datasets import list_samples, resolve_dataset
     from .evaluate import run_evaluation, subsample
 
@@ -196,8 +200,8 @@ def _evaluate(args) -> int:
             args.models, datasets, args.out, humans=args.humans, head=args.head,
             templates=templates,
             batch_size=args.batch_size, max_images=args.max_images, device=dist.device(args.device),
-            cache_dir=args.cache_dir, resume=not args.no_resume, progress=not args.no_progress,
-            figures=not args.no_figures, dist=dist,
+            cache_dir=args.cache_dir or default_cache_dir(), resume=not args.no_resume,
+            progress=not args.no_progress, figures=not args.no_figures, labels=args.labels, dist=dist,
         )  # fmt: skip
     finally:
         dist.close()

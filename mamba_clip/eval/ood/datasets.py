@@ -201,6 +201,7 @@ def make_datasets(
         if not spec.parametric:
             raise ValueError(f"make-datasets writes parametric datasets only; {spec.name!r} is not one")
     resources = Resources(manipulation_data)
+    resources.check([s.name for s in specs])  # a missing data file fails now, not after the other sets
     out = Path(out)
     counts: Dict[str, int] = {}
     for spec in specs:

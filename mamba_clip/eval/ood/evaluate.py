@@ -96,12 +96,16 @@ def run_evaluation(
     progress: bool = True,
     figures: bool = True,
     dist=None,
+    labels: Optional[Sequence[str]] = None,
 ) -> Optional[Dict[str, dict]]:
     """Evaluate ``models`` (``NAME[:PRETRAINED]``) on ``datasets`` ((name, folder) pairs), then write
     ``summary.json`` (humans from ``humans``, a raw-data folder, when given) and the figures.
     Returns the summary. ``dist``: a :class:`mamba_clip.distributed.Dist` splitting the pairs over
     several processes; only rank 0 writes the summary and returns it (None elsewhere, and on rank 0 of a
-    SLURM array while other tasks' pairs are still missing)."""
+    SLURM array while other tasks' pairs are still missing). ``labels``: one plot label per model
+    (default: a short form of the name)."""
+    if labels is not None and len(labels) != len(models):
+        raise ValueError(f"{len(labels)} labels for {len(models)} models")
     from .classifier import CLIPDecisionMaker
 
     out = Path(out)
@@ -120,7 +124,8 @@ def run_evaluation(
         if spec != loaded:
             dm = None
             dm = CLIPDecisionMaker.from_spec(spec, cache_dir=cache_dir, head=head, templates=templates,
-                                             device=device)  # fmt: skip
+                                             device=device, progress=progress)  # fmt: skip
+            dm.text_head()  # first, with its cost line and own bar, not inside the first image bar
             loaded = spec
         evaluate_dataset(dm, subj, d, folder, out, batch_size=batch_size, max_images=max_images,
                          resume=resume, progress=progress)  # fmt: skip
@@ -136,7 +141,8 @@ def run_evaluation(
             print(f"not writing summary.json yet: {len(missing)} (model, dataset) pairs are still being "
                   f"evaluated by other tasks ({', '.join(missing[:4])}...); rerun to finish", file=sys.stderr)
             return None
-    return write_summary(out, subjects, [d for d, _ in datasets], humans=humans, figures=figures)
+    names = dict(zip(subjects, labels)) if labels is not None else None
+    return write_summary(out, subjects, [d for d, _ in datasets], humans=humans, figures=figures, labels=names)
 
 
 def evaluate_decision_makers(
@@ -168,8 +174,10 @@ def write_summary(
     datasets: Sequence[str],
     humans: Optional[os.PathLike] = None,
     figures: bool = True,
+    labels: Optional[Dict[str, str]] = None,
 ) -> Dict[str, dict]:
-    """Metrics of ``subjects`` from ``<out>/raw-data`` (+ human data) -> ``summary.json`` and figures."""
+    """Metrics of ``subjects`` from ``<out>/raw-data`` (+ human data) -> ``summary.json`` and figures
+    (``labels``: subject -> plot label)."""
     from .metrics import summarize
 
     out = Path(out)
@@ -180,6 +188,6 @@ def write_summary(
     if figures:
         from .plots import figure1, figure2
 
-        figure1(summary, out / "figure1.png")
-        figure2(summary, out / "figure2.png")
+        figure1(summary, out / "figure1.png", labels=labels)
+        figure2(summary, out / "figure2.png", labels=labels)
     return summary

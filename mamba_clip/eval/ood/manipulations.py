@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 
@@ -351,13 +351,15 @@ def eidolon(image, reach: float, coherence: float, grain: float = 10.0, rng: Rng
 # --- dispatch by dataset / condition ---------------------------------------------------------------
 
 
-def default_manipulation_dir() -> Optional[Path]:
-    """``$MAMBA_CLIP_MANIPULATION_DATA`` or ``../shared/data/manipulation`` next to the checkout."""
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"  # shipped with the package (see data/README.md)
+# which manipulation needs which data file
+NEEDS = {"power-equalisation": "mean_power_spectrum_grey.npy", "false-colour": "x_gamma_function.npy"}
+
+
+def default_manipulation_dir() -> Path:
+    """``$MAMBA_CLIP_MANIPULATION_DATA``, else the copy shipped as package data."""
     env = os.environ.get("MAMBA_CLIP_MANIPULATION_DATA")
-    if env:
-        return Path(env)
-    guess = Path(__file__).resolve().parents[4] / "shared" / "data" / "manipulation"
-    return guess if guess.is_dir() else None
+    return Path(env) if env else PACKAGE_DATA
 
 
 class Resources:
@@ -377,6 +379,13 @@ class Resources:
                 )
             self._cache[name] = np.load(self.directory / name)
         return self._cache[name]
+
+    def check(self, datasets: Sequence[str]) -> None:
+        """Load the files ``datasets`` need now, so a missing one fails before any image is written."""
+        for d in datasets:
+            name = NEEDS.get(get_spec(d).name)
+            if name is not None:
+                self._load(name)
 
     @property
     def mean_spectrum(self) -> np.ndarray:

@@ -32,6 +32,26 @@ def _models(summary: Dict[str, dict]):
     return [m for m in summary if m != HUMANS]
 
 
+def short_label(subject: str, width: int = 24) -> str:
+    """A plot label for a subject name: ``model__path_to_ckpt.pt`` becomes ``model (ckpt)``, and any
+    longer name is cut in the middle to ``width`` characters."""
+    model, sep, rest = subject.partition("__")
+    if sep and rest:
+        stem = rest.rsplit("_", 1)[-1]
+        for ext in (".pt", ".pth", ".bin", ".safetensors"):
+            stem = stem[: -len(ext)] if stem.endswith(ext) else stem
+        subject = f"{model} ({stem})"
+    if len(subject) <= width:
+        return subject
+    head = (width - 1) // 2
+    return subject[:head] + "…" + subject[-(width - 1 - head):]
+
+
+def _labeller(labels: Optional[Dict[str, str]]):
+    labels = labels or {}
+    return lambda m: labels.get(m) or (m if m == HUMANS else short_label(m))
+
+
 def _save(fig, path: os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,11 +61,14 @@ def _save(fig, path: os.PathLike) -> Path:
     return path
 
 
-def figure1(summary: Dict[str, dict], path: os.PathLike, title: Optional[str] = None) -> Path:
-    """OOD accuracy (left) and shape bias (right) per model, humans as reference."""
+def figure1(summary: Dict[str, dict], path: os.PathLike, title: Optional[str] = None,
+            labels: Optional[Dict[str, str]] = None) -> Path:
+    """OOD accuracy (left) and shape bias (right) per model, humans as reference. ``labels`` maps
+    subject names to plot labels (default: :func:`short_label`)."""
     plt = _pyplot()
     models = _models(summary)
     human = summary.get(HUMANS, {})
+    lab = _labeller(labels)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 0.45 * max(len(models), 1) + 2.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
@@ -61,7 +84,7 @@ def figure1(summary: Dict[str, dict], path: os.PathLike, title: Optional[str] = 
         values.append(human["ood_accuracy"])
     order = sorted(range(len(values)), key=lambda i: values[i])
     ax1.barh(
-        [names[i] for i in order],
+        [lab(names[i]) for i in order],
         [values[i] for i in order],
         color=["0.6" if names[i] == HUMANS else colors[i % len(colors)] for i in order],
     )
@@ -70,7 +93,7 @@ def figure1(summary: Dict[str, dict], path: os.PathLike, title: Optional[str] = 
     ax1.axvline(1 / 16, color="0.5", ls=":", lw=1)
     ax1.set_xlim(0, 1)
     ax1.set_xlabel("OOD accuracy")
-    ax1.set_title("OOD accuracy (mean over datasets)")
+    ax1.set_title("OOD accuracy (mean over datasets)", fontsize=10)
 
     # Shape bias
     rows = [m for m in models if summary[m].get("shape_bias") is not None]
@@ -81,7 +104,7 @@ def figure1(summary: Dict[str, dict], path: os.PathLike, title: Optional[str] = 
         color = colors[models.index(m) % len(colors)]
         ax2.scatter([summary[m]["shape_bias"]], [y], s=80, marker="D", color=color, zorder=3)
     ax2.set_yticks(range(len(rows)))
-    ax2.set_yticklabels(rows)
+    ax2.set_yticklabels([lab(m) for m in rows])
     if human.get("shape_bias") is not None:
         ax2.axvline(
             human["shape_bias"], color="k", ls="--", lw=1, label=f"humans ({human['shape_bias']:.2f})"
@@ -90,7 +113,7 @@ def figure1(summary: Dict[str, dict], path: os.PathLike, title: Optional[str] = 
     ax2.set_xlim(0, 1)
     ax2.set_ylim(-0.8, max(len(rows), 1) - 0.2)
     ax2.set_xlabel("shape bias  (fraction of shape decisions)")
-    ax2.set_title("Shape bias on cue-conflict (dots: categories)")
+    ax2.set_title("Shape bias, cue-conflict (dots: categories)", fontsize=10)
     if not rows:
         ax2.text(0.5, 0.5, "no cue-conflict results", ha="center", va="center", transform=ax2.transAxes)
     if title:
@@ -101,10 +124,12 @@ def figure1(summary: Dict[str, dict], path: os.PathLike, title: Optional[str] = 
     return out
 
 
-def figure2(summary: Dict[str, dict], path: os.PathLike, title: Optional[str] = None, chance: float = 1 / 16) -> Path:
+def figure2(summary: Dict[str, dict], path: os.PathLike, title: Optional[str] = None, chance: float = 1 / 16,
+            labels: Optional[Dict[str, str]] = None) -> Path:
     """Accuracy against condition for each parametric dataset, one line per model, humans in black;
-    a dotted line at ``chance`` (1/16 for the protocol's 16 categories)."""
+    a dotted line at ``chance`` (1/16 for the protocol's 16 categories). ``labels``: as in :func:`figure1`."""
     plt = _pyplot()
+    lab = _labeller(labels)
     present = [d for d in PARAMETRIC_DATASETS if any(d in (summary[m].get("accuracy_by_condition") or {})
                                                      for m in summary)]  # fmt: skip
     n = max(len(present), 1)
@@ -126,7 +151,7 @@ def figure2(summary: Dict[str, dict], path: os.PathLike, title: Optional[str] = 
                 style = dict(color="k", lw=2, marker="o")
             else:
                 style = dict(color=colors[i % len(colors)], lw=1.2, marker="s", ms=4)
-            ax.plot(xs, ys, label=m, **style)
+            ax.plot(xs, ys, label=lab(m), **style)
         ax.axhline(chance, color="0.5", ls=":", lw=1)
         ax.set_xticks(x)
         ax.set_xticklabels(spec.plotting_conditions, fontsize=7, rotation=45 if len(x) > 4 else 0)

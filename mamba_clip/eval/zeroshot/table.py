@@ -159,17 +159,21 @@ def plot(out, header: List[str], rows: List[Dict]) -> None:
     a1.grid(axis="y", alpha=0.3)
     a1.legend(fontsize=7, loc="upper right")
     pub_scores, pub_params = published()
+    mid = math.sqrt(min(pub_params.values()) * max(pub_params.values()))  # log-scale middle
     for m, s in pub_scores.items():
         avg = _mean([s[c] for c in COLUMNS])
         a2.scatter(pub_params[m], avg, facecolors="none", edgecolors="grey", marker="s")
-        a2.annotate(f"{m} (pub.)", (pub_params[m], avg), fontsize=7, color="grey", xytext=(3, 3),
-                    textcoords="offset points")  # fmt: skip
+        right = pub_params[m] > mid  # labels of the right half point left, so none leaves the axes
+        a2.annotate(f"{m} (pub.)", (pub_params[m], avg), fontsize=7, color="grey", xytext=(-4 if right else 4, 3),
+                    textcoords="offset points", ha="right" if right else "left")  # fmt: skip
     for i, r in enumerate(ours):
         if r.get("params_m") is None or r.get("average") is None:
             continue
         a2.scatter(r["params_m"], r["average"], color=colors[i % len(colors)], marker="o", zorder=3)
+        right = r["params_m"] > mid
         a2.annotate(f"{r['model']} (n={r['n_table1']})", (r["params_m"], r["average"]), fontsize=7,
-                    xytext=(3, -9), textcoords="offset points")  # fmt: skip
+                    xytext=(-4 if right else 4, -9), textcoords="offset points",
+                    ha="right" if right else "left")  # fmt: skip
     a2.set_xscale("log")
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
@@ -179,10 +183,11 @@ def plot(out, header: List[str], rows: List[Dict]) -> None:
     a2.set_ylabel("average score (%)")
     a2.set_title("Average over Table 1 sets vs trunk size")
     a2.grid(alpha=0.3)
+    a2.margins(x=0.12)
     fig.tight_layout()
     path = Path(out) / "table1.png"
     try:
         with atomic_output(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=110)
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)

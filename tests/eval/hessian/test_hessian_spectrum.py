@@ -90,6 +90,35 @@ def test_interrupted_run_resumes_without_recomputing(vit, tensor_data, tmp_path,
         hessian_spectrum(vit, tensor_data, out_dir=run, **{**kw, "k": 3})
 
 
+def test_finished_run_rerun_leaves_files_untouched(vit, tensor_data, tmp_path):
+    kw = dict(loss="zeroshot", n_samples=6, batch_size=3, classnames=CLASSES, **FAST)
+    run = tmp_path / "run"
+    first = hessian_spectrum(vit, tensor_data, out_dir=run, label="vit-nano", **kw)
+    files = [run / "eigenvalues.json", run / "eigenvalues.npz"]
+    before = [(f.stat().st_mtime_ns, f.read_bytes()) for f in files]
+    again = hessian_spectrum(vit, tensor_data, out_dir=run, label="vit-nano", **kw)
+    assert [(f.stat().st_mtime_ns, f.read_bytes()) for f in files] == before
+    assert np.array_equal(again.eigenvalues, first.eigenvalues) and again.complete
+    # the templates are recorded as strings, not as '<lambda>' (open_clip's templates are lambdas)
+    temps = json.loads(files[0].read_text())["settings"]["templates"]
+    assert len(temps) == 7 and temps[0] == "itap of a {}." and not any("lambda" in t for t in temps)
+
+
+def test_progress_counts_products_and_estimates_after_first_batch(vit, tensor_data, capsys):
+    lines = []
+    kw = {**FAST, "progress": True}
+    spec = hessian_spectrum(vit, tensor_data, loss="zeroshot", n_samples=9, batch_size=3, classnames=CLASSES,
+                            log=lines.append, **kw)
+    assert len(lines) == 2, lines
+    assert "3 of 3 batches to go" in lines[0] and "at most 12 Hessian-vector products" in lines[0]
+    assert "first batch took" in lines[1] and "the 2 batches left need about" in lines[1]
+    err = capsys.readouterr().err
+    n = int(spec.n_hvp[0])
+    assert f"products {n}/12 max" in err and "Hessian" in err  # the bar moves with every product
+    hessian_spectrum(vit, tensor_data, loss="zeroshot", n_samples=3, batch_size=3, classnames=CLASSES, **FAST)
+    assert capsys.readouterr().err == ""  # progress=False: no bar, no lines
+
+
 def _fake_run(path: Path, label: str, values) -> Path:
     vals = np.asarray(values, dtype=np.float64)
     rec = {"format": spectrum_mod.FORMAT, "label": label, "complete": True,

@@ -1,4 +1,5 @@
-"""Fixtures for the OOD tests: paths into ``../shared/data`` (tests skip cleanly without it)."""
+"""Fixtures for the OOD tests: paths into ``../shared/data`` (tests skip cleanly without it) and the
+manipulation data shipped with the package."""
 
 from __future__ import annotations
 
@@ -18,5 +19,8 @@ def stimuli_dir(shared_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def manipulation_dir(shared_dir) -> Path:
-    return shared_dir / "data" / "manipulation"
+def manipulation_dir() -> Path:
+    """The manipulation data shipped with the package (no ../shared needed)."""
+    from mamba_clip.eval.ood.manipulations import PACKAGE_DATA
+
+    return PACKAGE_DATA

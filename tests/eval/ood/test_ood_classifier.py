@@ -84,3 +84,45 @@ def test_cache_key_depends_on_templates():
     b = CLIPDecisionMaker(a.model, a.preprocess, a.tokenizer, templates=2)
     assert a.cache_key("vit-nano", "x") != b.cache_key("vit-nano", "x")
     assert a.cache_key("vit-nano", "x") == a.cache_key("vit-nano", "x")
+
+
+def test_text_head_cost_line_labelled_bar_estimate_and_chunks(capsys):
+    import open_clip
+
+    from mamba_clip.cli import build_parser
+
+    dm = CLIPDecisionMaker.from_spec("vit-nano", head="imagenet", templates=3, label="nano")
+    w = dm.text_head()  # 1000 classes x 3 templates: chunks of 666 classes
+    err = capsys.readouterr().err
+    assert "text head of nano: 1000 classes x 3 templates = 3,000 prompts" in err and "(not cached)" in err
+    assert "text head nano" in err  # the bar, labelled
+    assert "text head of nano: about" in err and "min more (estimate" in err
+    with torch.no_grad():
+        ref = open_clip.build_zero_shot_classifier(dm.model, dm.tokenizer, dm.classnames()[660:670], dm.templates,
+                                                   use_tqdm=False)
+    torch.testing.assert_close(w[:, 660:670], ref.float())  # chunking gives open_clip's head
+    quiet = CLIPDecisionMaker(dm.model, dm.preprocess, dm.tokenizer, head="prompts16", templates=2, progress=False,
+                              label="nano")
+    quiet.text_head()
+    err = capsys.readouterr().err
+    assert "text head of nano: 16 classes x 2 templates" in err and "text head nano" not in err  # no bar
+    assert build_parser(["ood"]).parse_args(["ood", "evaluate", "--models", "m", "--out", "o"]).cache_dir is None
+
+
+def test_cache_dir_honours_environment_and_checkpoint_files(tmp_path, monkeypatch):
+    import open_clip
+
+    from mamba_clip.eval.ood.classifier import default_cache_dir
+
+    monkeypatch.setenv("MAMBA_CLIP_CACHE", str(tmp_path / "cache"))
+    assert default_cache_dir() == tmp_path / "cache" / "ood"
+    monkeypatch.delenv("MAMBA_CLIP_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "mamba_clip" / "ood"
+    ckpt = tmp_path / "nano.pt"
+    torch.save(open_clip.create_model("vit-nano").state_dict(), ckpt)
+    dm = CLIPDecisionMaker.from_spec(f"vit-nano:{ckpt}", cache_dir=default_cache_dir(), head="prompts16",
+                                     templates=1, progress=False)
+    assert dm.cache_path.parent == tmp_path / "xdg" / "mamba_clip" / "ood"  # a checkpoint file is cached too
+    dm.text_head()
+    assert dm.cache_path.is_file()
