@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench venv docs
+.PHONY: demo test test-quick lint bench venv docs
 venv: $(STAMP)
 
 $(STAMP): setup.py
@@ -19,6 +19,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Everyday development (target: under 3 minutes): the unit tests, without the end-to-end tests marked
+# slow, without the dense-Hessian references (minutes of CPU) and without the suites that run
+# subprocesses (stock open_clip / clip_benchmark tooling, pip packaging, examples, demo, benchmarks);
+# stops at the first failure. The full suite (make test) runs in CI.
+QUICK_IGNORE := --ignore=tests/openclip --ignore=tests/test_packaging.py --ignore=tests/test_examples.py \
+	--ignore=tests/test_demo.py --ignore=tests/test_benchmarks.py --ignore=tests/test_bench_gpu.py
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -x -m "not slow" -k "not matches_dense_hessian" $(QUICK_IGNORE) tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

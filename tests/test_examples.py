@@ -65,6 +65,23 @@ def test_zeroshot_classify_matches_in_process(tmp_path, nano_checkpoint, shared_
         assert sum(float(p) for _, p in ranked) == pytest.approx(1.0, abs=0.02)
 
 
+def test_zeroshot_classify_random_weights_for_a_model_without_tags(tmp_path, monkeypatch, capsys):
+    """``--model vmamba-nano`` without ``--pretrained``: random weights with a warning, no traceback
+    (in-process: the script run as ``__main__``)."""
+    import runpy
+
+    from PIL import Image
+
+    img = tmp_path / "x.png"
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(img)
+    monkeypatch.setattr(sys, "argv", ["zeroshot_classify.py", "--model", "vmamba-nano", "--image-size", "32",
+                                      "--classes", "a", "b", "--", str(img)])
+    runpy.run_path(str(EXAMPLES / "zeroshot_classify.py"), run_name="__main__")
+    cap = capsys.readouterr()
+    assert "has no pretrained tag; using random weights" in cap.err
+    assert cap.out.startswith(f"{img}: ")
+
+
 def test_train_csv_trains_a_loadable_checkpoint(tmp_path):
     import open_clip
 

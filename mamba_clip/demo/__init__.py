@@ -96,7 +96,7 @@ def add_parser(subparsers) -> None:
                    help="model-vs-human manipulations for the OOD step (default: contrast high-pass low-pass "
                    "uniform-noise phase-scrambling rotation; eidolonI/II/III also work, slowly)")
     p.add_argument("--shared", default=None, help="the shared data folder with the release key lists")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
     p.set_defaults(func=_main)
 
 

@@ -39,7 +39,6 @@ import logging
 import os
 import re
 import struct
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -468,18 +467,10 @@ def _dedupe_shared(tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 def _atomic_write(dst: str, write) -> None:
     """Call ``write(tmp_path)`` then ``os.replace`` onto ``dst``; on any failure no file is left."""
-    dst = os.fspath(dst)
-    folder = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from mamba_clip.fileio import atomic_output
+
+    with atomic_output(os.path.abspath(os.fspath(dst))) as tmp:
+        write(str(tmp))
 
 
 def save_safetensors(tensors: Mapping[str, torch.Tensor], dst: str, metadata: Mapping[str, str]) -> None:
@@ -530,7 +521,12 @@ def export_file(
     ckpt = load_checkpoint_file(src)
     if ckpt.layout != "open_clip":
         raise NotACheckpointError(f"{src!r} is already in the original layout; nothing to export")
-    model_name = model_name or ckpt.meta.get("model")
+    model_name = model_name or ckpt.meta.get("model") or identify_model(ckpt.state_dict)
+    if not model_name and not ckpt.meta.get("source"):  # nothing to record but "CLIP_None"
+        raise ModelMismatchError(
+            f"{src!r} records no model name and its tensors match none of {our_model_names()}; "
+            "name the model with --model (model_name=...)"
+        )
     if check and model_name:
         to_open_clip(ckpt, target=model_name)
     sd = {k: v.contiguous() for k, v in open_clip_to_original(ckpt.state_dict).items()}

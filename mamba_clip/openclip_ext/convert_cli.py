@@ -3,7 +3,9 @@
     mamba-clip convert VMamba_S_clip.pt -o vmamba-s.safetensors [--towers ema|online] [--model vmamba-s]
     mamba-clip convert vmamba-s.safetensors -o VMamba_S_export.pt        # inverse export
 
-The direction follows the source file's layout (``--to`` makes it explicit). Importing a release file
+The direction follows the source file's layout (``--to`` makes it explicit); the output's extension
+must fit it (``.safetensors`` for open_clip, ``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt`` for the reference
+layout). Exporting without ``--model`` identifies the model from the tensor shapes. Importing a release file
 writes an open_clip safetensors file (``open_clip.create_model("vmamba-s", pretrained=DST)``); exporting
 writes a checkpoint for the reference code base (both tower copies, ``args.model`` set). Files are
 read with ``torch.load(weights_only=True)`` (only ``argparse.Namespace`` allowed) and written atomically.
@@ -13,7 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import os
+
+from mamba_clip.cli_checks import UsageError, check_file
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -45,21 +51,29 @@ def run(args: argparse.Namespace) -> int:
         import open_clip
 
         if args.model not in open_clip.list_models():
-            print(f"error: --model {args.model!r} is not an open_clip model; ours: {ck.our_model_names()}",
-                  file=sys.stderr)
-            return 2
-    try:
-        to = args.to
-        if to == "auto":
-            layout = ck.sniff_layout(args.src) or ck.load_checkpoint_file(args.src).layout
-            to = "open_clip" if layout == "original" else "original"
-        if to == "open_clip":
-            meta = ck.convert_file(args.src, args.output, towers=args.towers, model_name=args.model,
-                                   check=not args.no_check)
-        else:
-            meta = ck.export_file(args.src, args.output, model_name=args.model, check=not args.no_check)
-    except (ck.CheckpointError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+            raise UsageError(f"--model {args.model!r} is not an open_clip model; ours: {ck.our_model_names()}")
+    check_file(args.src, "SRC")
+    to = args.to
+    if to == "auto":
+        layout = ck.sniff_layout(args.src) or ck.load_checkpoint_file(args.src).layout
+        to = "open_clip" if layout == "original" else "original"
+    _check_output_suffix(args.output, to, args.to)
+    if to == "open_clip":
+        meta = ck.convert_file(args.src, args.output, towers=args.towers, model_name=args.model,
+                               check=not args.no_check)
+    else:
+        meta = ck.export_file(args.src, args.output, model_name=args.model, check=not args.no_check)
     print(json.dumps({"src": args.src, "output": args.output, "to": to, **meta}))
     return 0
+
+
+def _check_output_suffix(output: str, to: str, requested: str) -> None:
+    """The output name must say the format that will be written (safetensors vs a torch file)."""
+    suffix = os.path.splitext(output)[1].lower()
+    why = "" if requested != "auto" else " (SRC is in the other layout; --to picks the direction)"
+    if to == "open_clip" and suffix != ".safetensors":
+        raise UsageError(f"--output {output!r}: the open_clip layout is written as safetensors{why}; "
+                         "accepted extension: .safetensors")
+    if to == "original" and suffix not in TORCH_SUFFIXES:
+        raise UsageError(f"--output {output!r}: the reference layout is written as a torch.save file{why}; "
+                         f"accepted extensions: {' '.join(TORCH_SUFFIXES)}")

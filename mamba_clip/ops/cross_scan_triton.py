@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 
 from .scan_triton import check_device, kernels, triton_next_pow2
+from .triton_selfcheck import TritonSelfCheckError, check_once, compare, usable_or_warn
 
-__all__ = ["cross_merge_triton", "cross_scan_triton", "use_triton"]
+__all__ = ["cross_merge_triton", "cross_scan_check_error", "cross_scan_triton", "use_triton"]
 
 _WHAT = "cross_scan (triton)"
 
@@ -111,6 +112,7 @@ def cross_scan_triton(x: Tensor, channels_last: bool = False) -> Tensor:
     if not isinstance(x, Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"cross_scan: x: expected a 4-d feature map (B, C, H, W) or (B, H, W, C), got {shape}")
+    _raise_if_unchecked(x)
     return _cross_scan_op(x, bool(channels_last))
 
 
@@ -120,12 +122,54 @@ def cross_merge_triton(ys: Tensor, h: int, w: int, channels_last: bool = False) 
     if not isinstance(ys, Tensor) or ys.dim() != 4 or ys.shape[1] != 4 or ys.shape[3] != h * w:
         shape = tuple(ys.shape) if isinstance(ys, Tensor) else type(ys).__name__
         raise ValueError(f"cross_merge: ys must have shape (B, 4, C, h*w={h * w}), got {shape}")
+    _raise_if_unchecked(ys)
     return _cross_merge_op(ys, int(h), int(w), bool(channels_last))
+
+
+def _raise_if_unchecked(t: Tensor) -> None:
+    """Explicit calls raise with the reason when the kernels failed their first-use self-check."""
+    check_device(t, _WHAT)
+    err = cross_scan_check_error(t.device, t.dtype)
+    if err:
+        raise TritonSelfCheckError(f"{_WHAT} failed its self-check on {t.device} / {t.dtype}: {err}; "
+                                   "use mamba_clip.ops.cross_scan instead")
 
 
 def use_triton(u: Tensor) -> bool:
     """Whether SS2D should use these kernels for scan input ``u``: exactly when its selective scan
-    resolves to the "triton" backend (CUDA without mamba-ssm's kernel, or ``scan_backend("triton")``)."""
+    resolves to the "triton" backend (CUDA without mamba-ssm's kernel, or ``scan_backend("triton")``)
+    and the fused cross-scan passed its first-use self-check (else a warning, once, and the torch path)."""
     from .selective_scan import resolve_backend
 
-    return resolve_backend("auto", u) == "triton"
+    if resolve_backend("auto", u) != "triton":
+        return False
+    return usable_or_warn("cross_scan", cross_scan_check_error(u.device, u.dtype), u.device, u.dtype)
+
+
+def cross_scan_check_error(device: torch.device, dtype: torch.dtype) -> str:
+    """Why the fused cross-scan/merge is unusable on ``device`` / ``dtype`` ("" when it passed)."""
+    from . import cross_scan as ref
+
+    def check() -> str:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 3, 4, 5, generator=g).to(device=device, dtype=dtype).requires_grad_()
+        for channels_last in (False, True):
+            xin = x.permute(0, 2, 3, 1) if channels_last else x
+            got = _cross_scan_op(xin, channels_last)
+            want = ref.cross_scan_ref(xin, channels_last)
+            reason = compare(f"cross_scan (channels_last={channels_last})", got, want, dtype)
+            if reason:
+                return reason
+            merged = _cross_merge_op(got, 4, 5, channels_last)
+            want_m = ref.cross_merge_ref(want, 4, 5, channels_last)
+            reason = compare(f"cross_merge (channels_last={channels_last})", merged, want_m, dtype)
+            if reason:
+                return reason
+            (dx,) = torch.autograd.grad(merged.float().square().sum(), x)
+            (dx0,) = torch.autograd.grad(want_m.float().square().sum(), x)
+            reason = compare(f"cross_scan+merge backward (channels_last={channels_last})", dx, dx0, dtype)
+            if reason:
+                return reason
+        return ""
+
+    return check_once(("cross_scan", str(device), str(dtype)), check)

@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from .backend_names import BACKENDS
 from .scan_graph import create_graph_needed, graph_backward, scan_graph, transform_active
 
 __all__ = [
@@ -110,8 +111,6 @@ def check_device(t: Tensor, what: str = "selective_scan: backend 'triton'") -> b
         return False
     if t.device.type == "cpu" and interpret_requested():
         return True
-    from .selective_scan import BACKENDS
-
     raise RuntimeError(
         f"{what} needs CUDA tensors, got device {t.device}; on the CPU it runs only under Triton's "
         f"interpreter (set TRITON_INTERPRET=1, slow: meant for tests). Accepted backends: {list(BACKENDS)}"

@@ -12,7 +12,9 @@ transforms too (issue 17; :mod:`.scan_graph`, :mod:`.linear_recurrence`); only "
 * ``"triton"`` our Triton kernels (CUDA tensors; on CPU only under ``TRITON_INTERPRET=1``, for tests).
 
 ``"auto"`` picks, on CUDA tensors, "cuda" when mamba-ssm's compiled ``selective_scan_cuda`` extension
-imports, else "triton" when triton imports, else "torch"; on CPU "cpu" (or "torch"); and always
+imports, else "triton" when triton imports and its kernels pass a first-use self-check on that device
+and dtype (:mod:`~mamba_clip.ops.triton_selfcheck`; on failure a warning and "torch"), else "torch";
+on CPU "cpu" (or "torch"); and always
 ``"torch"`` inside the :func:`double_backward` context manager (use it when building a graph for
 Hessian-vector products).
 """
@@ -28,6 +30,7 @@ from typing import Callable, Iterator, List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from .backend_names import BACKENDS
 from .scan_ref import selective_scan_ref
 from .scan_torch import selective_scan_torch
 
@@ -40,7 +43,6 @@ __all__ = [
     "selective_scan",
 ]
 
-BACKENDS: Tuple[str, ...] = ("auto", "cuda", "cpu", "torch", "ref", "triton")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 _state = threading.local()
@@ -194,7 +196,12 @@ def resolve_backend(backend: str, u: Tensor) -> str:
             if u.is_cuda:
                 if _cuda_available():
                     return "cuda"
-                return "triton" if _triton_available() and u.dtype != torch.float64 else "torch"
+                if _triton_available() and u.dtype != torch.float64:
+                    from .triton_selfcheck import triton_scan_usable
+
+                    if triton_scan_usable(u):  # compiled and checked once per device and dtype
+                        return "triton"
+                return "torch"
             if u.device.type == "cpu" and u.dtype != torch.float64:
                 if _cpu_available():
                     return "cpu"
@@ -235,6 +242,12 @@ def resolve_backend(backend: str, u: Tensor) -> str:
                 "selective_scan: backend 'triton' computes in float32 and accepts u of dtype float16, "
                 "bfloat16 or float32, got float64; use backend 'torch' or 'ref' for float64"
             )
+        from .triton_selfcheck import TritonSelfCheckError, scan_check_error
+
+        err = scan_check_error(u.device, u.dtype)
+        if err:
+            raise TritonSelfCheckError(f"selective_scan: backend 'triton' failed its self-check on {u.device} / "
+                                       f"{u.dtype}: {err}; use backend 'torch' (or 'auto', which falls back)")
     return backend
 
 

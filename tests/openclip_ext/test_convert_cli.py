@@ -88,3 +88,31 @@ def test_convert_release_example_writes_both_towers(nano_release, tmp_path):
         assert loaded.meta["towers"] == towers
         for k, v in nano_release.tower(towers).items():
             assert torch.equal(loaded.state_dict[k], v.reshape(loaded.state_dict[k].shape)), k
+
+
+def test_convert_output_name_must_fit_the_format_and_model_is_inferred(nano_release, tmp_path, capsys):
+    """Exporting to a ``.safetensors`` name fails (it would be a torch zip); without --model the exported
+    file records the model identified from the shapes, not ``CLIP_None``; files follow the umask."""
+    conv = tmp_path / "conv.safetensors"
+    assert main(["convert", str(nano_release.path), "-o", str(conv), "--model", nano_release.name]) == 0
+    capsys.readouterr()
+    wrong = tmp_path / "export.safetensors"
+    assert main(["convert", str(conv), "-o", str(wrong)]) == 2
+    err = capsys.readouterr().err
+    assert "error: --output" in err and "export.safetensors" in err and ".pt" in err and not wrong.exists()
+    assert main(["convert", str(nano_release.path), "-o", str(tmp_path / "x.pt"), "--to", "open_clip"]) == 2
+    assert ".safetensors" in capsys.readouterr().err
+
+    plain = {k: v for k, v in ck.load_checkpoint_file(str(conv)).state_dict.items()}
+    bare = tmp_path / "bare.safetensors"
+    ck.save_safetensors(plain, str(bare), {})  # no recorded model name
+    old = os.umask(0o022)
+    try:
+        back = tmp_path / "back.pt"
+        assert main(["convert", str(bare), "-o", str(back)]) == 0
+    finally:
+        os.umask(old)
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == nano_release.name and report["source"] != "CLIP_None"
+    assert torch.load(back, weights_only=False)["args"].open_clip_model == nano_release.name
+    assert (back.stat().st_mode & 0o777) == 0o644

@@ -23,6 +23,7 @@ from mamba_clip.ops import (  # noqa: E402
     scan_backend,
     scan_triton,
     selective_scan,
+    triton_selfcheck,
 )
 
 ss_mod = sys.modules["mamba_clip.ops.selective_scan"]
@@ -139,7 +140,11 @@ def test_auto_dispatch_rules(monkeypatch):
     cuda_u = types.SimpleNamespace(is_cuda=True, device=torch.device("cuda"), dtype=torch.float32)
     monkeypatch.setattr(ss_mod, "_cuda_available", lambda: False)
     monkeypatch.setattr(ss_mod, "_triton_available", lambda: True)
+    monkeypatch.setattr(triton_selfcheck, "triton_scan_usable", lambda u: True)
     assert resolve_backend("auto", cuda_u) == "triton"
+    monkeypatch.setattr(triton_selfcheck, "triton_scan_usable", lambda u: False)  # failed its self-check
+    assert resolve_backend("auto", cuda_u) == "torch"
+    monkeypatch.setattr(triton_selfcheck, "triton_scan_usable", lambda u: True)
     with double_backward():
         assert resolve_backend("auto", cuda_u) == "torch"
     monkeypatch.setattr(ss_mod, "_triton_available", lambda: False)

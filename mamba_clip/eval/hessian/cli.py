@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mamba_clip.cli_checks import UsageError, positive_float, positive_int
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -34,22 +36,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="default: zeroshot for an ImageFolder, clip for a CSV")
     p.add_argument("--params", default="image", help="image (default), text, all, or a regular expression "
                                                      "on parameter names")
-    p.add_argument("--n-samples", type=int, default=3000,
+    p.add_argument("--n-samples", type=positive_int, default=3000,
                    help="images in all (default 3000, the paper's protocol: 200 batches; on a CPU each batch of "
                         "a full-size model takes minutes, an estimate is printed after the first)")
-    p.add_argument("--batch-size", type=int, default=15)
-    p.add_argument("--k", type=int, default=5, help="eigenvalues per batch (largest magnitude, signed)")
-    p.add_argument("--image-size", type=int, default=None, help="force the model's image size (default: "
+    p.add_argument("--batch-size", type=positive_int, default=15, help="samples per Hessian batch")
+    p.add_argument("--k", type=positive_int, default=5, help="eigenvalues per batch (largest magnitude, signed)")
+    p.add_argument("--image-size", type=positive_int, default=None, help="force the model's image size (default: "
                                                                 "its config)")
     p.add_argument("--method", choices=("power", "lanczos"), default="power",
                    help="power: PyHessian power iteration (Park & Kim); lanczos: ours, fewer products")
-    p.add_argument("--max-iter", type=int, default=100)
-    p.add_argument("--tol", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-iter", type=positive_int, default=100, help="iterations per eigenvalue")
+    p.add_argument("--tol", type=positive_float, default=1e-3, help="relative convergence tolerance")
+    p.add_argument("--seed", type=int, default=0, help="sample order and probe vectors")
     p.add_argument("--templates", default="simple", help="'simple' (7), 'openai' (80) or a number n")
     p.add_argument("--label", default=None, help="model name in the run file and plots (default: --model)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--labels", nargs="+", default=None, help="plot: one label per run")
     p.add_argument("--title", default=None, help="plot: figure title")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the plan and estimate lines "
@@ -61,15 +63,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _main(args) -> int:
     if args.runs:
         if args.runs[0] != "plot":
-            print(f"error: unexpected argument {args.runs[0]!r}; the only positional form is "
-                  "'mamba-clip hessian plot RUN... --out fig.png'", file=sys.stderr)
-            return 2
+            raise UsageError(f"unexpected argument {args.runs[0]!r}; the only positional form is "
+                             "'mamba-clip hessian plot RUN... --out fig.png'")
         return _plot(args)
     missing = [o for o, v in (("--model", args.model), ("--data", args.data)) if not v]
     if missing:
-        print(f"error: mamba-clip hessian needs {' and '.join(missing)} (or: hessian plot RUN... --out F)",
-              file=sys.stderr)
-        return 2
+        raise UsageError(f"mamba-clip hessian needs {' and '.join(missing)} (or: hessian plot RUN... --out F)")
     return _run(args)
 
 
@@ -79,14 +78,12 @@ def _plot(args) -> int:
 
     runs = args.runs[1:]
     if not runs:
-        print("error: hessian plot needs at least one run folder", file=sys.stderr)
-        return 2
+        raise UsageError("hessian plot needs at least one run folder")
     try:
         specs = load_runs(runs)
         out = plot_spectra(specs, args.out, labels=args.labels, title=args.title)
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
     for s in specs:
         m = s.summary()
         print(f"{m['label']:24s} {m['n_values']:6d} eigenvalues, {m['n_negative']:5d} negative, "
@@ -96,45 +93,65 @@ def _plot(args) -> int:
 
 
 def _templates(value: str):
-    return int(value) if value.isdigit() else value
+    if value.isdigit():
+        if int(value) < 1:
+            raise UsageError(f"--templates {value!r}: a number of templates must be >= 1")
+        return int(value)
+    if value not in ("simple", "openai"):
+        raise UsageError(f"--templates {value!r} is not accepted; accepted: simple, openai, or a number n >= 1")
+    return value
+
+
+def _check_data(data) -> None:
+    from mamba_clip.cli_checks import check_file, check_image_folder
+
+    if data.is_dir():
+        check_image_folder(data, "--data", classes=True)
+    elif not data.exists():
+        raise UsageError(f"--data {str(data)!r}: no such folder or file (expected an ImageFolder or a CSV file)")
+    else:
+        check_file(data, "--data")
 
 
 def _run(args) -> int:
     from pathlib import Path
 
+    from mamba_clip.cli_checks import check_device, check_model, check_pretrained
+
+    data = Path(args.data)
+    templates = _templates(args.templates)
+    check_model(args.model)
+    pretrained = check_pretrained(args.model, args.pretrained, image_size=args.image_size)
+    check_device(args.device)
+    _check_data(data)
+
     import open_clip
     import torch
     from tqdm import tqdm
 
-    import mamba_clip  # noqa: F401  (registers the model configs)
     from mamba_clip.distributed import Dist
 
     from .spectrum import hessian_spectrum
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = Path(args.data)
-    if not data.exists():
-        print(f"error: --data {data} does not exist", file=sys.stderr)
-        return 2
     loss = args.loss or ("zeroshot" if data.is_dir() else "clip")
     kw = {"force_image_size": args.image_size} if args.image_size else {}
     dist = Dist.start(args.out)  # several processes (torchrun / SLURM): the batches are split over them
     device = dist.device(args.device)
-    model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=args.pretrained,
+    model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=pretrained,
                                                                  device=device, **kw)
     tokenizer = open_clip.get_tokenizer(args.model)
     try:
         spec = hessian_spectrum(
             model, data, loss=loss, n_samples=args.n_samples, batch_size=args.batch_size, k=args.k,
-            params=args.params, templates=_templates(args.templates), tokenizer=tokenizer, seed=args.seed,
+            params=args.params, templates=templates, tokenizer=tokenizer, seed=args.seed,
             progress=not args.no_progress, out_dir=args.out, max_iter=args.max_iter, tol=args.tol,
             method=args.method, label=args.label or args.model, transform=preprocess, device=device, dist=dist,
             log=lambda line: tqdm.write(line, file=sys.stderr),  # above the bar, not into it
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
     finally:
         dist.close()
     if not dist.is_main:

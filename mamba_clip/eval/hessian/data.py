@@ -55,8 +55,12 @@ class FileDataset(torch.utils.data.Dataset):
         from PIL import Image
 
         path, target = self.items[i]
-        with Image.open(path) as im:
-            return self.transform(im.convert("RGB")), target
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except Exception as exc:  # noqa: BLE001 - name the file; finished batches stay saved
+            raise ValueError(f"cannot decode image {path}: {type(exc).__name__}: {exc}") from exc
+        return self.transform(image), target
 
 
 def image_folder(root: os.PathLike, transform: Callable) -> FileDataset:

@@ -10,11 +10,12 @@ each model's count of negative values (non-convexity) and its largest magnitude 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
+
+from mamba_clip.fileio import atomic_output
 
 from .spectrum import HessianSpectrum, load_runs
 
@@ -79,15 +80,9 @@ def plot_spectra(runs: Sequence[Union[str, os.PathLike, HessianSpectrum, dict]],
     fig.suptitle(title or f"Hessian max-eigenvalue spectra (top-{k} per batch)", fontsize=10)
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix or ".png", dir=out.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
+        with atomic_output(out, suffix=out.suffix or ".png") as tmp:
+            fig.savefig(tmp, dpi=150, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out

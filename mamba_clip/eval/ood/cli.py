@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from mamba_clip.cli_checks import positive_int
 
 from .protocol import BENCHMARK_DATASETS, PARAMETRIC_DATASETS
 
@@ -42,21 +43,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="NAME",
         help="parametric datasets to write (default: all 12)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the manipulations")
     p.add_argument(
         "--mode",
         choices=("all", "split"),
         default="all",
         help="all: every image in every condition; split: one condition per image",
     )
-    p.add_argument("--max-per-category", type=int, default=None)
+    p.add_argument("--max-per-category", type=positive_int, default=None,
+                   help="at most this many source images per category (default: all)")
     p.add_argument(
         "--manipulation-data",
         default=None,
         help="folder with mean_power_spectrum_grey.npy and x_gamma_function.npy "
         "(default: $MAMBA_CLIP_MANIPULATION_DATA, else the copy shipped with the package)",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_make_datasets)
 
     p = sub.add_parser("evaluate", help="evaluate CLIP models; write trial CSVs, summary.json, figures")
@@ -77,21 +79,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="folder holding the dataset folders")
     p.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
                    help="one short plot label per --models entry (default: the model name and checkpoint stem)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder (trial CSVs, summary.json, figures)")
     p.add_argument(
         "--humans", default=None, help="raw-data folder with the human CSVs (model-vs-human layout)"
     )
-    p.add_argument("--head", choices=("imagenet", "prompts16"), default="imagenet")
+    p.add_argument("--head", choices=("imagenet", "prompts16"), default="imagenet",
+                   help="imagenet: 1000-class zero-shot head mapped to the 16 categories; prompts16: 16 prompts")
     p.add_argument(
         "--templates",
         default="openai",
         help="'openai' (80), 'simple', or a number n (first n openai templates)",
     )
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass")
     p.add_argument(
-        "--max-images", type=int, default=None, help="evenly spaced subset per dataset (quick runs)"
+        "--max-images", type=positive_int, default=None,
+        help="evenly spaced subset per dataset (quick runs; default: all images)",
     )
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument(
         "--cache-dir",
         default=None,
@@ -100,7 +104,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "else ~/.cache/mamba_clip/ood",
     )
     p.add_argument("--no-resume", action="store_true", help="re-evaluate finished dataset/model CSVs")
-    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--no-figures", action="store_true", help="skip figure1.png / figure2.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (text head and images)")
     p.set_defaults(func=_evaluate)
 
@@ -110,7 +114,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--models", nargs="+", default=None, metavar="NAME", help="model subjects (default: all)")
     p.add_argument("--humans", default=None, help="take the human observers from this raw-data folder")
-    p.add_argument("--datasets", nargs="+", default=list(BENCHMARK_DATASETS), metavar="NAME")
+    p.add_argument("--datasets", nargs="+", default=list(BENCHMARK_DATASETS), metavar="NAME",
+                   help="datasets to summarize")
     p.add_argument("--out", required=True, help="JSON file")
     p.add_argument("--figures", default=None, help="also write figure1.png / figure2.png into this folder")
     p.set_defaults(func=_metrics)
@@ -118,11 +123,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _templates(value: str):
-    return int(value) if value.isdigit() else value
+    from mamba_clip.cli_checks import UsageError
+
+    if value.isdigit():
+        if int(value) < 1:
+            raise UsageError(f"--templates {value!r}: a number of templates must be >= 1")
+        return int(value)
+    if value not in ("openai", "simple"):
+        raise UsageError(f"--templates {value!r} is not accepted; accepted: openai, simple, or a number n >= 1")
+    return value
 
 
 def _make_datasets(args) -> int:
+    from mamba_clip.cli_checks import UsageError, check_image_folder
+
     from .datasets import make_datasets
+    from .protocol import get_spec
+
+    for name in args.datasets:
+        try:
+            get_spec(name)
+        except ValueError as exc:
+            raise UsageError(f"--datasets: {exc}") from None
+    check_image_folder(args.source, "--source", classes=True)
 
     counts = make_datasets(args.source, args.out, datasets=args.datasets, seed=args.seed, mode=args.mode,
                            max_per_category=args.max_per_category, manipulation_data=args.manipulation_data,
@@ -133,18 +156,49 @@ def _make_datasets(args) -> int:
 
 
 def _evaluate(args) -> int:
+    from mamba_clip.cli_checks import (
+        UsageError,
+        check_device,
+        check_folder,
+        check_model,
+        check_pretrained,
+        first_bad_image,
+    )
     from mamba_clip.distributed import Dist
 
-    from .classifier import default_cache_dir
-    from .datasets import resolve_dataset
-    from .evaluate import run_evaluation
+    from .classifier import default_cache_dir, parse_model_spec
+    from .datasets import list_samples, resolve_dataset
+    from .evaluate import run_evaluation, subsample
 
-    datasets = [resolve_dataset(d, args.data_root) for d in args.datasets]
+    templates = _templates(args.templates)
+    for spec in args.models:
+        try:
+            name, pretrained = parse_model_spec(spec)
+        except ValueError as exc:
+            raise UsageError(f"--models: {exc}") from None
+        check_model(name, "--models")
+        check_pretrained(name, pretrained, f"--models {spec}: pretrained")
+    if args.data_root is not None:
+        check_folder(args.data_root, "--data-root")
+    if args.humans is not None:
+        check_folder(args.humans, "--humans")
+    datasets = []
+    for d in args.datasets:
+        try:
+            name, folder = resolve_dataset(d, args.data_root)
+            samples = subsample(list_samples(folder), args.max_images)
+        except ValueError as exc:
+            raise UsageError(f"--datasets {d}: {exc}") from None
+        bad = first_bad_image(s.path for s in samples)
+        if bad is not None:
+            raise UsageError(f"--datasets {d}: image {bad[0]} cannot be decoded ({bad[1]})")
+        datasets.append((name, folder))
+    check_device(args.device)
     dist = Dist.start(args.out)  # several processes (torchrun / SLURM): the pairs are split over them
     try:
         summary = run_evaluation(
             args.models, datasets, args.out, humans=args.humans, head=args.head,
-            templates=_templates(args.templates),
+            templates=templates,
             batch_size=args.batch_size, max_images=args.max_images, device=dist.device(args.device),
             cache_dir=args.cache_dir or default_cache_dir(), resume=not args.no_resume,
             progress=not args.no_progress, figures=not args.no_figures, labels=args.labels, dist=dist,
@@ -159,15 +213,23 @@ def _evaluate(args) -> int:
 
 
 def _metrics(args) -> int:
-    from .metrics import summarize
-    from .rawdata import atomic_write_text, read_raw_data
+    from mamba_clip.cli_checks import UsageError, check_folder
+    from mamba_clip.fileio import atomic_write_text
 
+    from .metrics import summarize
+    from .rawdata import read_raw_data
+
+    check_folder(args.raw_data, "--raw-data")
+    if args.humans is not None:
+        check_folder(args.humans, "--humans")
     raw = read_raw_data(args.raw_data, datasets=args.datasets)
     if not raw:
-        print(f"error: no raw-data CSVs of {args.datasets} found under {args.raw_data}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--raw-data {args.raw_data!r}: no raw-data CSVs of {args.datasets} found")
     humans = read_raw_data(args.humans, datasets=args.datasets) if args.humans else None
-    summary = summarize(raw, models=args.models, humans=humans, datasets=args.datasets)
+    try:
+        summary = summarize(raw, models=args.models, humans=humans, datasets=args.datasets)
+    except ValueError as exc:  # e.g. a --models name without trials in --raw-data
+        raise UsageError(str(exc)) from None
     atomic_write_text(Path(args.out), json.dumps(summary, indent=2, sort_keys=True) + "\n")
     if args.figures:
         from .plots import figure1, figure2

@@ -23,8 +23,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from mamba_clip.fileio import default_file_mode
+
 from .protocol import CATEGORIES, PARAMETRIC_DATASETS, get_spec, parse_session_imagename, session_imagename
-from .rawdata import default_file_mode
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IMAGE_SIZE = 224

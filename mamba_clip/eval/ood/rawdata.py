@@ -14,10 +14,11 @@ import csv
 import io
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Union
+
+from mamba_clip import fileio
 
 from .protocol import DATASETS, get_spec, is_human, short_imagename
 
@@ -155,26 +156,8 @@ def write_trials(path: PathLike, rows: Iterable[Sequence[object]]) -> Path:
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def default_file_mode() -> int:
-    """``0o666`` minus the process umask (``mkstemp`` creates files ``0o600``)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    """Atomic CSV/JSON text write (no newline translation)."""
+    fileio.atomic_write_text(path, text, newline="")
 
 
 def split_subjects(trials: Iterable[Trial]):

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mamba_clip.cli_checks import nonnegative_int, positive_int
+
 from .catalog import TABLE1_NAMES, UnknownDatasetError, resolve_all
 
 
@@ -42,29 +44,34 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="reference: the report's templates and class names; clip_benchmark: its own")
     p.add_argument("--towers", choices=("report", "ema", "online"), default="report",
                    help="report: EMA towers, online towers for ImageNet (as the report); or force one")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=4, help="DataLoader worker processes")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    p.add_argument("--workers", type=nonnegative_int, default=4, help="DataLoader worker processes")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="autocast (default: on for CUDA, off on CPU)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--image-size", type=int, default=None,
+    p.add_argument("--split", default="test", help="dataset split to evaluate")
+    p.add_argument("--image-size", type=positive_int, default=None,
                    help="build the model at this resolution (for checkpoints trained at another size)")
     p.add_argument("--no-tables", action="store_true", help="skip table1.csv / .md / .png")
-    p.add_argument("--shard-images", type=int, default=5000, metavar="N",
+    p.add_argument("--shard-images", type=nonnegative_int, default=5000, metavar="N",
                    help="evaluate a dataset of more than N images in parts of about N (batch-aligned; split "
                         "over the processes of a torchrun / SLURM run; resumable); 0: never")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)  # fmt: skip
     return p
 
 
 def _run(args) -> int:
+    from mamba_clip.cli_checks import UsageError, check_device, check_folder, check_model, check_pretrained
+
     try:
         resolve_all(args.datasets)
     except UnknownDatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--datasets: {exc}") from None
+    check_model(args.model)
+    args.pretrained = check_pretrained(args.model, args.pretrained, image_size=args.image_size)
+    check_folder(args.dataset_root, "--dataset-root", non_empty=False)  # empty: all listed as missing
+    check_device(args.device)
     from mamba_clip.distributed import Dist
 
     from .suite import run_suite
@@ -78,8 +85,7 @@ def _run(args) -> int:
                             progress=not args.no_progress, tables=not args.no_tables, split=args.split,
                             image_size=args.image_size, shard_images=args.shard_images, dist=dist)  # fmt: skip
     except ValueError as exc:  # e.g. towers that the weights cannot provide
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
     finally:
         dist.close()
     if not dist.is_main:  # rank 0 prints the whole table; the others only what failed here

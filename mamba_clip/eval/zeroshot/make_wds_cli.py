@@ -11,7 +11,8 @@ SRC has one folder per class (folder names are the class names unless --classnam
 from __future__ import annotations
 
 import argparse
-import sys
+
+from mamba_clip.cli_checks import positive_int
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -23,22 +24,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="file of prompt templates, one per line ('{}' or '{c}' for the class name); "
                    "default: 'a photo of a {c}.'")  # fmt: skip
     p.add_argument("--classnames", default=None, help="file of class names, one per line, in sorted-folder order")
-    p.add_argument("--split", default="test")
-    p.add_argument("--shard-size", type=int, default=10_000, help="samples per tar shard")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--split", default="test", help="split folder name under DST")
+    p.add_argument("--shard-size", type=positive_int, default=10_000, help="samples per tar shard")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
     return p
 
 
 def _run(args) -> int:
+    from mamba_clip.cli_checks import UsageError, check_file, check_image_folder
+
     from .wds import make_wds
 
+    check_image_folder(args.src, "SRC", classes=True)  # names the first image PIL cannot read
+    for option, path in (("--templates", args.templates), ("--classnames", args.classnames)):
+        if path is not None:
+            check_file(path, option)
     try:
         info = make_wds(args.src, args.dst, templates=args.templates, split=args.split, shard_size=args.shard_size,
                         classnames=args.classnames, progress=not args.no_progress)  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
     print(f"wrote {info['n_images']} images of {info['n_classes']} classes in {info['n_shards']} shard(s) "
           f"to {info['dst']}/{info['split']} with {len(info['templates'])} template(s)")  # fmt: skip
     return 0

@@ -24,6 +24,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from mamba_clip.fileio import atomic_output, atomic_write_text
+
 from .catalog import TABLE1
 
 COLUMNS = [s.display for s in TABLE1]
@@ -101,8 +103,6 @@ def _fmt(v, signed: bool = False) -> str:
 
 def write_tables(out) -> Dict[str, str]:
     """Write table1.csv, table1.md and table1.png into ``out``; returns their paths (empty if no results)."""
-    from .suite import atomic_write_text
-
     out = Path(out)
     header, rows = build_rows(out)
     if not rows:
@@ -132,8 +132,6 @@ def write_tables(out) -> Dict[str, str]:
 
 
 def plot(out, header: List[str], rows: List[Dict]) -> None:
-    import os
-    import tempfile
 
     import matplotlib
 
@@ -188,12 +186,8 @@ def plot(out, header: List[str], rows: List[Dict]) -> None:
     a2.margins(x=0.12)
     fig.tight_layout()
     path = Path(out) / "table1.png"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".table1.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_output(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

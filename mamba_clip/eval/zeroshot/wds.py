@@ -76,15 +76,23 @@ def _image_folder(src: Path) -> Tuple[List[str], List[Tuple[Path, int]]]:
     return classes, samples
 
 
-def _image_bytes(path: Path) -> Tuple[str, bytes]:
-    ext = path.suffix.lower().lstrip(".")
-    if ext in IMAGE_EXTS:
-        return ext, path.read_bytes()
-    from PIL import Image  # other formats become PNG, which clip_benchmark decodes
+def _image_bytes(path: Path, name: str = "") -> Tuple[str, bytes]:
+    """(extension, bytes) of an image to pack; ``CorruptImageError`` naming ``name`` (or the path) if PIL
+    cannot read it, so no corrupt image reaches a shard."""
+    from PIL import Image
 
-    with Image.open(path) as im:
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
+    ext = path.suffix.lower().lstrip(".")
+    data = path.read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if ext in IMAGE_EXTS:
+                im.verify()
+                return ext, data
+            im.load()  # other formats become PNG, which clip_benchmark decodes
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+    except Exception as exc:  # noqa: BLE001 - any decode failure names the source file
+        raise CorruptImageError(f"cannot decode image {name or path}: {type(exc).__name__}: {exc}") from exc
     return "png", buf.getvalue()
 
 
@@ -143,15 +151,11 @@ def make_wds(src, dst, templates: Union[None, str, Path, Sequence[str]] = None, 
     for shard in it:
         final = out / f"{shard}.tar"
         tmp = out / f".{shard}.tar.tmp"
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for i in range(shard * shard_size, min(len(samples), (shard + 1) * shard_size)):
-                path, label = samples[i]
-                ext, data = _image_bytes(path)
-                key = f"s{i:07d}"
-                _add(tar, f"{key}.{ext}", data)
-                _add(tar, f"{key}.cls", str(label).encode())
-                if bar is not None:
-                    bar.update(1)
+        try:
+            _write_shard(tmp, samples, shard, shard_size, src, bar)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, final)
     if bar is not None:
         bar.close()
@@ -160,6 +164,18 @@ def make_wds(src, dst, templates: Union[None, str, Path, Sequence[str]] = None, 
     atomic_write_text(out / "nshards.txt", f"{nshards}\n")
     return {"dst": str(dst), "split": split, "n_images": len(samples), "n_classes": len(names),
             "n_shards": nshards, "classnames": names, "templates": tpl}  # fmt: skip
+
+
+def _write_shard(tmp: Path, samples, shard: int, shard_size: int, src: Path, bar) -> None:
+    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for i in range(shard * shard_size, min(len(samples), (shard + 1) * shard_size)):
+            path, label = samples[i]
+            ext, data = _image_bytes(path, str(path.relative_to(src)))
+            key = f"s{i:07d}"
+            _add(tar, f"{key}.{ext}", data)
+            _add(tar, f"{key}.cls", str(label).encode())
+            if bar is not None:
+                bar.update(1)
 
 
 # ------------------------------------------------------------------------------------------- reading

@@ -227,12 +227,17 @@ def test_make_wds_classnames_and_errors(tmp_path):
         make_wds(src, tmp_path / "g", templates=["no class here"])
 
 
-def test_corrupt_image_names_shard_and_member(tmp_path):
+def test_corrupt_image_names_shard_and_member(tmp_path, monkeypatch):
+    from mamba_clip.eval.zeroshot import wds
     from mamba_clip.eval.zeroshot.wds import CorruptImageError
 
     src = tmp_path / "src"
     _image_folder(src, per_class=1)
     (src / "a_cls" / "0.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(CorruptImageError, match=r"a_cls/0\.png"):  # packing names the source file
+        make_wds(src, tmp_path / "d")
+    assert not (tmp_path / "d" / "test" / "nshards.txt").exists()
+    monkeypatch.setattr(wds, "_image_bytes", lambda path, name="": ("png", path.read_bytes()))  # pack it anyway
     make_wds(src, tmp_path / "d")
     ds = WdsDataset(tmp_path / "d")
     with pytest.raises(CorruptImageError, match=r"0\.tar:s0000000\.png"):
