@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -35,6 +36,20 @@ def _subset(src: Path, dst: Path, per_class: int, classes=None):
             shutil.copy(f, dst / c / f.name)
 
 
+def _truncate_member(shard: Path, name: str) -> None:
+    """Rewrite ``shard`` with member ``name`` cut to 100 bytes (a dataset gone bad on disk)."""
+    with tarfile.open(shard) as tf:
+        members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
+    done = False
+    with tarfile.open(shard, "w") as tf:
+        for m, data in members:
+            if m.name == name:
+                data, done = data[:100], True
+                m.size = len(data)
+            tf.addfile(m, io.BytesIO(data))
+    assert done
+
+
 def _cli(*args) -> tuple:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -53,13 +68,13 @@ def work(tmp_path_factory, shared_dir):
     _subset(stimuli / "edges", tmp / "src" / "edges", 2)
     _subset(stimuli / "filled-silhouettes", tmp / "src" / "fer", 2, classes=FER_CLASSES)
     _subset(stimuli / "edges", tmp / "src" / "broken", 1)
-    first = sorted((tmp / "src" / "broken" / "bear").iterdir())[0]
-    first.write_bytes(first.read_bytes()[:100])  # truncated PNG
     (tmp / "templates.txt").write_text("a photo of a {}.\na drawing of the {c}.\n")
     for name, sub in (("cue", "cue"), ("edges", "edges"), ("fer2013", "fer"), ("broken", "broken")):
         rc, out, _ = _cli("make-wds", tmp / "src" / sub, root / name, "--templates", tmp / "templates.txt",
                           "--shard-size", "20", "--no-progress")  # fmt: skip
         assert rc == 0, out
+    # make-wds refuses corrupt images, so the bear image (sample 1) goes bad after packing
+    _truncate_member(root / "broken" / "test" / "0.tar", "s0000001.png")
     torch.manual_seed(0)
     model, _, _ = open_clip.create_model_and_transforms("vmamba-nano")
     ckpt = tmp / "nano.pt"
