@@ -174,6 +174,19 @@ def check_pretrained(model: str, pretrained: Optional[str], option: str = "--pre
                      "checkpoint file; 'none' means random weights")
 
 
+def _has_mamba_trunk(model: Optional[str]) -> bool:
+    """True for our configs whose image tower is one of our timm trunks (VMamba / SiMBA): their files
+    have the release or the ``visual.trunk.*`` layout. False for other models (our ``vit-nano``)."""
+    import json
+
+    from mamba_clip.openclip_ext.configs import config_dir, our_model_names
+
+    if model is None or model not in our_model_names():
+        return False
+    cfg = json.loads((config_dir() / f"{model}.json").read_text())
+    return "timm_model_name" in cfg.get("vision_cfg", {})
+
+
 def check_checkpoint(path: PathLike, model: Optional[str] = None, option: str = "checkpoint") -> None:
     """The file exists, is readable, loads, and (for our models) has ``model``'s keys and shapes."""
     from mamba_clip.openclip_ext import checkpoints as ck
@@ -185,13 +198,14 @@ def check_checkpoint(path: PathLike, model: Optional[str] = None, option: str = 
         raise UsageError(f"{option} {path!r} is a folder, expected a checkpoint file (.pt / .safetensors)")
     if not os.access(path, os.R_OK):
         raise UsageError(f"{option} {path!r} is not readable (permissions)")
+    mamba = _has_mamba_trunk(model)
     try:
         ckpt = ck.load_checkpoint_file(path)
     except ck.CheckpointError as exc:
-        if model in ck.our_model_names() or not isinstance(exc, ck.NotACheckpointError):
+        if mamba or not isinstance(exc, ck.NotACheckpointError):
             raise UsageError(f"{option} {path!r}: {exc}") from None
-        return  # some other open_clip model's file: open_clip reads it
-    if model is not None and model in ck.our_model_names():
+        return  # another open_clip model's file (e.g. our vit-nano baseline): open_clip reads it
+    if mamba:
         try:
             ck.to_open_clip(ckpt, target=model)
         except ck.CheckpointError as exc:
