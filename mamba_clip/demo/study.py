@@ -152,7 +152,7 @@ def step_data(out: Path, args) -> Dict:
     from mamba_clip.digits import write_digits
     from mamba_clip.eval.zeroshot import make_wds
 
-    data = out / "data"
+    data = (out / "data").resolve()  # absolute, like the trainer's paths: a resume may start from another cwd
     manifest = write_digits(data / "digits", size=args.image_size, test_fraction=args.test_fraction, seed=args.seed)
     train_csv = Path(manifest["train_csv"])
     if args.train_limit:

@@ -24,8 +24,8 @@ sequential torch loop, any dtype: the oracle).
 
 from __future__ import annotations
 
-import ctypes
-from typing import Optional, Tuple
+import importlib
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -49,61 +49,24 @@ def linear_recurrence_ref(a: Tensor, x: Tensor, reverse: bool = False) -> Tensor
     return torch.stack(hs, -1) if L else x.clone()
 
 
-_cpu_lib = None
+# kernel name -> run(a, x, reverse) -> h; the "cpu" and "triton" backend modules register theirs on
+# import (so this module imports neither of them: no import circle with their graph backwards)
+_RUNNERS: Dict[str, Callable[[Tensor, Tensor, bool], Tensor]] = {}
+_HOMES = {"cpu": "mamba_clip.ops.scan_cpu", "triton": "mamba_clip.ops.scan_triton"}
 
 
-def _cpu_kernel():
-    global _cpu_lib
-    if _cpu_lib is None:
-        from .scan_cpu import load_kernel
-
-        lib = load_kernel()
-        f, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-        lib.ss_linrec.argtypes = [f, f, f, i64, i64, i32, i32]
-        lib.ss_linrec.restype = i32
-        _cpu_lib = lib
-    return _cpu_lib
-
-
-def _run_cpu(a: Tensor, x: Tensor, reverse: bool) -> Tensor:
-    from .scan_cpu import _threads
-
-    a = a.to(torch.float32).contiguous()
-    x = x.to(torch.float32).contiguous()
-    h = torch.empty_like(x)
-    L = x.shape[-1]
-    if h.numel():
-        _cpu_kernel().ss_linrec(a.data_ptr(), x.data_ptr(), h.data_ptr(), x.numel() // L, L, int(reverse),
-                                _threads())
-    return h
-
-
-def _run_triton(a: Tensor, x: Tensor, reverse: bool) -> Tensor:
-    from .scan_triton import check_device, kernels
-
-    interpret = check_device(x, "linear_recurrence: kernel 'triton'")
-    a = a.to(torch.float32).contiguous()
-    x = x.to(torch.float32).contiguous()
-    h = torch.empty_like(x)
-    L = x.shape[-1]
-    if h.numel() == 0:
-        return h
-    R = x.numel() // L
-    block_t = 64 if L >= 64 else max(16, 1 << (L - 1).bit_length())
-    block_r = 32
-    n_chunks = -(-L // block_t)
-    kernels(interpret).linrec_kernel[(-(-R // block_r),)](a, x, h, R, L, n_chunks, REVERSE=bool(reverse),
-                                                          BLOCK_R=block_r, BLOCK_T=block_t)
-    return h
+def register_kernel(name: str, run: Callable[[Tensor, Tensor, bool], Tensor]) -> None:
+    """Make ``run(a, x, reverse) -> h`` (float32, no autograd) the kernel called ``name``."""
+    _RUNNERS[name] = run
 
 
 def _run(kernel: str, a: Tensor, x: Tensor, reverse: bool) -> Tensor:
-    if kernel == "cpu":
-        return _run_cpu(a, x, reverse)
-    if kernel == "triton":
-        return _run_triton(a, x, reverse)
-    with torch.no_grad():
-        return linear_recurrence_ref(a, x, reverse)
+    if kernel == "ref":
+        with torch.no_grad():
+            return linear_recurrence_ref(a, x, reverse)
+    if kernel not in _RUNNERS:
+        importlib.import_module(_HOMES[kernel])  # registers the kernel
+    return _RUNNERS[kernel](a, x, reverse)
 
 
 class _Shifted(torch.autograd.Function):

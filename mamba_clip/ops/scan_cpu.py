@@ -43,6 +43,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from .linear_recurrence import register_kernel
 from .scan_graph import create_graph_needed, graph_backward_bt, scan_graph, transform_active
 
 __all__ = [
@@ -468,3 +469,33 @@ def ss2d_fwd_cpu(u: Tensor, xd: Tensor, dtw: Tensor, dtb: Tensor, A: Tensor, Ds:
 @ss2d_fwd_cpu.register_fake
 def _(u, xd, dtw, dtb, A, Ds, portable=False):
     return torch.empty_like(u)
+
+
+# ---- the "cpu" kernel of the linear-recurrence primitive (``linear_recurrence.py``) ----------------
+_linrec_lib = None
+
+
+def _linrec_kernel() -> ctypes.CDLL:
+    global _linrec_lib
+    if _linrec_lib is None:
+        lib = load_kernel()
+        f, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        lib.ss_linrec.argtypes = [f, f, f, i64, i64, i32, i32]
+        lib.ss_linrec.restype = i32
+        _linrec_lib = lib
+    return _linrec_lib
+
+
+def linear_recurrence_cpu(a: Tensor, x: Tensor, reverse: bool) -> Tensor:
+    """h_t = a_t h_{t-1} + x_t along the last axis (``ss_linrec``, float32): a, x (..., L) -> h (..., L)."""
+    a = a.to(torch.float32).contiguous()
+    x = x.to(torch.float32).contiguous()
+    h = torch.empty_like(x)
+    L = x.shape[-1]
+    if h.numel():
+        _linrec_kernel().ss_linrec(a.data_ptr(), x.data_ptr(), h.data_ptr(), x.numel() // L, L, int(reverse),
+                                   _threads())
+    return h
+
+
+register_kernel("cpu", linear_recurrence_cpu)

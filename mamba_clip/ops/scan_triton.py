@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .backend_names import BACKENDS
+from .linear_recurrence import register_kernel
 from .scan_graph import create_graph_needed, graph_backward, scan_graph, transform_active
 
 __all__ = [
@@ -311,3 +312,24 @@ def selective_scan_triton(
     out, last, _ = _scan_fwd(u.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(),
                              _c(D), _c(z), _c(delta_bias), bool(delta_softplus), save)
     return (out, last) if return_last_state else out
+
+
+def linear_recurrence_triton(a: Tensor, x: Tensor, reverse: bool) -> Tensor:
+    """h_t = a_t h_{t-1} + x_t along the last axis (``linrec_kernel``, float32): a, x (..., L) -> h (..., L)."""
+    interpret = check_device(x, "linear_recurrence: kernel 'triton'")
+    a = a.to(torch.float32).contiguous()
+    x = x.to(torch.float32).contiguous()
+    h = torch.empty_like(x)
+    L = x.shape[-1]
+    if h.numel() == 0:
+        return h
+    R = x.numel() // L
+    block_t = 64 if L >= 64 else max(16, 1 << (L - 1).bit_length())
+    block_r = 32
+    n_chunks = -(-L // block_t)
+    kernels(interpret).linrec_kernel[(-(-R // block_r),)](a, x, h, R, L, n_chunks, REVERSE=bool(reverse),
+                                                          BLOCK_R=block_r, BLOCK_T=block_t)
+    return h
+
+
+register_kernel("triton", linear_recurrence_triton)
