@@ -177,7 +177,12 @@ class CLIPDecisionMaker:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.cache_path.with_suffix(f".tmp{os.getpid()}")
             torch.save(self._weights.cpu(), tmp)
-            os.replace(tmp, self.cache_path)
+            try:  # publish without overwriting: of several processes (ranks) only the first writes the file
+                os.link(tmp, self.cache_path)
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
         return self._weights
 
     def _build_text_head(self) -> torch.Tensor:
