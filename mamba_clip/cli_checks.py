@@ -283,3 +283,14 @@ def check_choice(value: str, accepted: Sequence[str], option: str) -> str:
         raise UsageError(f"{option} {value!r} is not accepted{_suggest(value, accepted)}; accepted: "
                          f"{', '.join(accepted)}")
     return value
+
+
+def check_templates(value: str, option: str = "--templates") -> Union[int, str]:
+    """A prompt-template choice: ``simple``, ``openai`` or a count n >= 1 (the first n OpenAI templates)."""
+    if value.isdigit():
+        if int(value) < 1:
+            raise UsageError(f"{option} {value!r}: a number of templates must be >= 1")
+        return int(value)
+    if value not in ("simple", "openai"):
+        raise UsageError(f"{option} {value!r} is not accepted; accepted: simple, openai, or a number n >= 1")
+    return value

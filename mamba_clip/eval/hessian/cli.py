@@ -92,16 +92,6 @@ def _plot(args) -> int:
     return 0
 
 
-def _templates(value: str):
-    if value.isdigit():
-        if int(value) < 1:
-            raise UsageError(f"--templates {value!r}: a number of templates must be >= 1")
-        return int(value)
-    if value not in ("simple", "openai"):
-        raise UsageError(f"--templates {value!r} is not accepted; accepted: simple, openai, or a number n >= 1")
-    return value
-
-
 def _check_data(data) -> None:
     from mamba_clip.cli_checks import check_file, check_image_folder
 
@@ -116,10 +106,10 @@ def _check_data(data) -> None:
 def _run(args) -> int:
     from pathlib import Path
 
-    from mamba_clip.cli_checks import check_device, check_model, check_pretrained
+    from mamba_clip.cli_checks import check_device, check_model, check_pretrained, check_templates
 
     data = Path(args.data)
-    templates = _templates(args.templates)
+    templates = check_templates(args.templates)
     check_model(args.model)
     pretrained = check_pretrained(args.model, args.pretrained, image_size=args.image_size)
     check_device(args.device)

@@ -122,18 +122,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def _templates(value: str):
-    from mamba_clip.cli_checks import UsageError
-
-    if value.isdigit():
-        if int(value) < 1:
-            raise UsageError(f"--templates {value!r}: a number of templates must be >= 1")
-        return int(value)
-    if value not in ("openai", "simple"):
-        raise UsageError(f"--templates {value!r} is not accepted; accepted: openai, simple, or a number n >= 1")
-    return value
-
-
 def _make_datasets(args) -> int:
     from mamba_clip.cli_checks import UsageError, check_image_folder
 
@@ -162,6 +150,7 @@ def _evaluate(args) -> int:
         check_folder,
         check_model,
         check_pretrained,
+        check_templates,
         first_bad_image,
     )
     from mamba_clip.distributed import Dist
@@ -170,7 +159,7 @@ def _evaluate(args) -> int:
     from .datasets import list_samples, resolve_dataset
     from .evaluate import run_evaluation, subsample
 
-    templates = _templates(args.templates)
+    templates = check_templates(args.templates)
     for spec in args.models:
         try:
             name, pretrained = parse_model_spec(spec)
