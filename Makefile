@@ -20,10 +20,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# Everyday development (target: under 3 minutes): the unit tests, without the end-to-end tests marked
-# slow, without the dense-Hessian references (minutes of CPU) and without the suites that run
-# subprocesses (stock open_clip / clip_benchmark tooling, pip packaging, examples, demo, benchmarks);
-# stops at the first failure. The full suite (make test) runs in CI.
+# Everyday development (target: under 3 minutes; 1 min 50 s on a quiet 2-core machine): the unit tests,
+# without the tests marked slow (end-to-end or multi-second), the dense-Hessian references (minutes of
+# CPU) and the suites that run subprocesses (stock open_clip / clip_benchmark tooling, pip packaging,
+# examples, demo, benchmarks); stops at the first failure. The full suite (make test) runs in CI.
 QUICK_IGNORE := --ignore=tests/openclip --ignore=tests/test_packaging.py --ignore=tests/test_examples.py \
 	--ignore=tests/test_demo.py --ignore=tests/test_benchmarks.py --ignore=tests/test_bench_gpu.py
 test-quick: $(STAMP)

@@ -39,7 +39,9 @@ def _seed():
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end test (still runs in CI)")
+    config.addinivalue_line(
+        "markers", "slow: end-to-end or multi-second test, left out of make test-quick (runs in make test and CI)"
+    )
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -85,6 +85,7 @@ def test_checker_finds_a_circle():
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["mamba_clip.eval.zeroshot.table", "mamba_clip.eval.zeroshot.suite",
                                     "mamba_clip.ops.scan_triton", "mamba_clip.ops.selective_scan"])
 def test_former_circle_members_import_first(module):

@@ -74,6 +74,7 @@ def test_stock_clip_benchmark_cli_on_converted_file(nano_release, tmp_path):
     assert set(result["metrics"]) >= {"acc1", "mean_per_class_recall"}
 
 
+@pytest.mark.slow
 def test_convert_release_example_writes_both_towers(nano_release, tmp_path):
     """``examples/convert_release.sh`` as a user runs it: the release file into two safetensors files
     holding the EMA and the online towers."""

@@ -100,6 +100,7 @@ def test_custom_ops_and_torch_compile():
     assert max_rel_err(xl.grad, torch.full_like(xl, 8.0)) <= 1e-6
 
 
+@pytest.mark.slow
 def test_ss2d_uses_fused_cross_scan_with_triton_backend(monkeypatch):
     """SS2D under scan_backend("triton") routes its cross-scan/merge through the Triton ops and matches
     the "ref" scan with the torch cross-scan, output and parameter gradients."""
@@ -124,6 +125,7 @@ def test_ss2d_uses_fused_cross_scan_with_triton_backend(monkeypatch):
         assert max_rel_err(out["triton"][1][n], g) <= 1e-4, n
 
 
+@pytest.mark.slow
 def test_ss2d_with_triton_compiles_without_graph_breaks():
     """The whole SS2D layer on the "triton" path (scan and cross-scan/merge custom ops) traces as one
     graph, forward and backward (what the stock trainer's --torchcompile needs)."""

@@ -137,6 +137,7 @@ def test_non_finite_backward_does_not_crash(backend):
     assert not torch.isfinite(leaves["A"].grad).all()
 
 
+@pytest.mark.slow
 def test_import_does_not_pull_mamba_ssm():
     import subprocess
     import sys

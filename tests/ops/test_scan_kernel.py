@@ -37,6 +37,7 @@ def _probe(cache):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_cache_reused_and_corrupt_cache_rebuilt(tmp_path):
     first = _probe(tmp_path)
     assert first["builds"] == 1 and first["path"].startswith(str(tmp_path)) and first["err"] < 1e-5

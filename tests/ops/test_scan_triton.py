@@ -40,7 +40,8 @@ def _interpret(monkeypatch):
 GRID = [
     (1, 4, 1, 16, None, True, True, True),
     (2, 4, 7, 1, None, False, False, False),
-    (2, 4, 100, 16, 2, True, True, True),
+    # The slowest case under the interpreter: left out of make test-quick.
+    pytest.param((2, 4, 100, 16, 2, True, True, True), marks=pytest.mark.slow),
     (1, 8, 300, 1, 4, True, False, True),
     (1, 2, 45, 64, None, False, True, False),
     (1, 3, 5, 64, 3, True, False, True),

@@ -38,6 +38,7 @@ def tensor_data():
     return torch.randn(10, 3, 32, 32, generator=g), torch.randint(0, 3, (10,), generator=g)
 
 
+@pytest.mark.slow
 def test_spectrum_shapes_and_same_seed(vit, tensor_data):
     a = hessian_spectrum(vit, tensor_data, loss="zeroshot", n_samples=8, batch_size=3, classnames=CLASSES, **FAST)
     assert a.eigenvalues.shape == (3, 2) and list(a.n_images) == [3, 3, 2]

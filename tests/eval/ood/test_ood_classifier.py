@@ -86,6 +86,7 @@ def test_cache_key_depends_on_templates():
     assert a.cache_key("vit-nano", "x") == a.cache_key("vit-nano", "x")
 
 
+@pytest.mark.slow
 def test_text_head_cost_line_labelled_bar_estimate_and_chunks(capsys):
     import open_clip
 
