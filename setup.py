@@ -68,7 +68,7 @@ setup(
     package_data={
         "mamba_clip.model_configs": ["*.json"],
         "mamba_clip.ops": ["csrc/*.c"],
-        "mamba_clip.eval.zeroshot": ["data/*.json", "data/*.csv"],
+        "mamba_clip.eval.zeroshot": ["data/*.json", "data/*.csv", "data/README.md"],
         "mamba_clip.eval.ood": ["data/*.npy", "data/LICENSE.txt", "data/README.md"],
         "mamba_clip.openclip_ext": ["data/checkpoint-keys/*.tsv.gz", "data/checkpoint-keys/README.md"],
     },

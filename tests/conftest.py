@@ -10,6 +10,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MAMBA_CLIP_SHARED", REPO.parent / "shared"))
+TEST_DATA = REPO / "tests" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +18,21 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED}")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def stimuli_dir() -> Path:
+    """Real stimuli: ``../shared/data/stimuli`` when present, else the copies in ``tests/data/stimuli``
+    (``edges`` and ``filled-silhouettes``; the cue-conflict set needs ``cue_conflict_dir``)."""
+    if SHARED.is_dir():
+        return SHARED / "data" / "stimuli"
+    return TEST_DATA / "stimuli"
+
+
+@pytest.fixture(scope="session")
+def cue_conflict_dir(shared_dir) -> Path:
+    """The 160 cue-conflict images of ``../shared`` (17 MB, not shipped with the tests)."""
+    return shared_dir / "data" / "stimuli" / "cue-conflict"
 
 
 @pytest.fixture(scope="session")
@@ -51,8 +67,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if no_shared:
         terminalreporter.write_line(
             f"{len(no_shared)} of {len(skipped)} skipped tests need the shared data folder, not found at {SHARED} "
-            "(real stimuli, model-vs-human raw data, reference files; README.md, 'Two commands', says where they "
-            "come from): put it at ../shared beside the checkout or set MAMBA_CLIP_SHARED=/path/to/shared",
+            "(the cue-conflict set, model-vs-human raw data, reference copies; README.md, 'Two commands', says "
+            "where they come from): put it at ../shared beside the checkout or set MAMBA_CLIP_SHARED=/path/to/shared",
             yellow=True)
     other = len(skipped) - len(no_shared)
     if other:

@@ -38,12 +38,12 @@ def nano_checkpoint(tmp_path_factory):
     return path
 
 
-def test_zeroshot_classify_matches_in_process(tmp_path, nano_checkpoint, shared_dir):
+def test_zeroshot_classify_matches_in_process(tmp_path, nano_checkpoint, stimuli_dir):
     import open_clip
     from PIL import Image
 
-    images = sorted((shared_dir / "data" / "stimuli" / "edges" / "cat").glob("*.png"))[:2]
-    images += sorted((shared_dir / "data" / "stimuli" / "edges" / "truck").glob("*.png"))[:1]
+    images = sorted((stimuli_dir / "edges" / "cat").glob("*.png"))[:2]
+    images += sorted((stimuli_dir / "edges" / "truck").glob("*.png"))[:1]
     classes = ["a cat", "a truck", "a clock"]
     proc = run_example([sys.executable, str(EXAMPLES / "zeroshot_classify.py"), "--model", "vmamba-nano",
                         "--pretrained", str(nano_checkpoint), "--image-size", "64", "--top", "3",
@@ -97,11 +97,11 @@ def test_train_csv_trains_a_loadable_checkpoint(tmp_path):
     assert torch.equal(model.state_dict()[key], state.get(f"module.{key}", state.get(key)))
 
 
-def test_zeroshot_suite_on_own_images(tmp_path, nano_checkpoint, shared_dir):
+def test_zeroshot_suite_on_own_images(tmp_path, nano_checkpoint, stimuli_dir):
     out = tmp_path / "out"
     run_example(["bash", str(EXAMPLES / "zeroshot_suite.sh"), "vmamba-nano", str(nano_checkpoint),
                  str(tmp_path / "root"), str(out)], tmp_path,
-                extra_env={"MY_IMAGES": str(shared_dir / "data" / "stimuli" / "edges"), "MY_NAME": "edges16",
+                extra_env={"MY_IMAGES": str(stimuli_dir / "edges"), "MY_NAME": "edges16",
                            "WORKERS": "0", "EXTRA": "--image-size 64"})
     r = json.loads((out / "vmamba-nano" / "wds_edges16.json").read_text())
     assert r["status"] == "ok" and r["image_size"] == 64
@@ -109,10 +109,10 @@ def test_zeroshot_suite_on_own_images(tmp_path, nano_checkpoint, shared_dir):
     assert (out / "table1.csv").is_file()
 
 
-def test_ood_eval_on_own_images(tmp_path, shared_dir):
+def test_ood_eval_on_own_images(tmp_path, stimuli_dir):
     out = tmp_path / "ood"
-    run_example(["bash", str(EXAMPLES / "ood_eval.sh"), "vit-nano", str(shared_dir / "data" / "stimuli" /
-                 "filled-silhouettes"), str(out)], tmp_path,
+    run_example(["bash", str(EXAMPLES / "ood_eval.sh"), "vit-nano", str(stimuli_dir / "filled-silhouettes"),
+                 str(out)], tmp_path,
                 extra_env={"DATASETS": "contrast rotation", "MAX_PER_CATEGORY": "1"})
     summary = json.loads((out / "summary.json").read_text())
     acc = summary["vit-nano"]["accuracy_by_condition"]
@@ -120,9 +120,9 @@ def test_ood_eval_on_own_images(tmp_path, shared_dir):
     assert all(0.0 <= v <= 1.0 for conds in acc.values() for v in conds.values())
 
 
-def test_hessian_spectrum_of_two_models(tmp_path, nano_checkpoint, shared_dir):
+def test_hessian_spectrum_of_two_models(tmp_path, nano_checkpoint, stimuli_dir):
     out = tmp_path / "hess"
-    data = shared_dir / "data" / "stimuli" / "edges"
+    data = stimuli_dir / "edges"
     run_example(["bash", str(EXAMPLES / "hessian_spectrum.sh"), str(data), str(out), f"vmamba-nano:{nano_checkpoint}",
                  "vit-nano"], tmp_path,
                 extra_env={"N_SAMPLES": "6", "BATCH": "3", "K": "2", "METHOD": "lanczos",

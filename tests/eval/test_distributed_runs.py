@@ -68,21 +68,20 @@ def _zeroshot_jsons(out: Path) -> dict:
     return res
 
 
-def test_zeroshot_two_processes_equal_one(tmp_path, shared_dir, ckpts):
-    stimuli = shared_dir / "data" / "stimuli"
+def test_zeroshot_two_processes_equal_one(tmp_path, stimuli_dir, ckpts):
     root = tmp_path / "data"
-    for name, src, per in (("cue", "cue-conflict", 3), ("edges", "edges", 2), ("sil", "filled-silhouettes", 1)):
-        _subset(stimuli / src, tmp_path / "src" / name, per)
+    for name, src, per in (("sil3", "filled-silhouettes", 3), ("edges", "edges", 2), ("sil", "filled-silhouettes", 1)):
+        _subset(stimuli_dir / src, tmp_path / "src" / name, per)
         _run(["make-wds", tmp_path / "src" / name, root / name, "--shard-size", "20", "--no-progress"])
     common = ["zeroshot", "--model", "vmamba-nano", "--pretrained", ckpts["vmamba-nano"], "--image-size", "32",
-              "--dataset-root", root, "--datasets", "wds/cue", "wds/edges", "wds/sil", "--batch-size", "8",
+              "--dataset-root", root, "--datasets", "wds/sil3", "wds/edges", "wds/sil", "--batch-size", "8",
               "--workers", "0", "--shard-images", "16", "--no-progress"]  # fmt: skip
     _run(common + ["--output", tmp_path / "one", "--shard-images", "0"])  # whole sets, one process
     want = _zeroshot_jsons(tmp_path / "one")
-    assert len(want) == 4 and want["wds_cue.json"]["n_images"] == 48
+    assert len(want) == 4 and want["wds_sil3.json"]["n_images"] == 48
     table = (tmp_path / "one" / "table1.csv").read_text()
 
-    _run(common + ["--output", tmp_path / "two"], nproc=2)  # cue (48 images) in 3 parts, edges in 2
+    _run(common + ["--output", tmp_path / "two"], nproc=2)  # sil3 (48 images) in 3 parts, edges in 2
     assert _zeroshot_jsons(tmp_path / "two") == want
     assert (tmp_path / "two" / "table1.csv").read_text() == table
     assert not list((tmp_path / "two" / "vmamba-nano" / ".parts").rglob("*.npz"))  # merged and removed
@@ -96,9 +95,9 @@ def test_zeroshot_two_processes_equal_one(tmp_path, shared_dir, ckpts):
     assert (tmp_path / "killed" / "table1.csv").read_text() == table
 
 
-def test_hessian_two_processes_equal_one_and_resume_across_world_sizes(tmp_path, shared_dir, ckpts):
+def test_hessian_two_processes_equal_one_and_resume_across_world_sizes(tmp_path, stimuli_dir, ckpts):
     common = ["hessian", "--model", "vmamba-nano", "--pretrained", ckpts["vmamba-nano"], "--data",
-              shared_dir / "data" / "stimuli" / "edges", "--n-samples", "8", "--batch-size", "2", "--k", "2",
+              stimuli_dir / "edges", "--n-samples", "8", "--batch-size", "2", "--k", "2",
               "--max-iter", "5", "--image-size", "32", "--no-progress", "--label", "nano"]  # fmt: skip
 
     def eig(run: Path):
@@ -146,11 +145,11 @@ def test_ood_two_processes_equal_one(tmp_path, shared_dir, ckpts):
     assert files(tmp_path / "killed") == want
 
 
-def test_hessian_srun_style_ranks_meet_through_the_folder(tmp_path, shared_dir, ckpts):
+def test_hessian_srun_style_ranks_meet_through_the_folder(tmp_path, stimuli_dir, ckpts):
     """Two plain processes with SLURM's variables (as ``srun`` starts them, no MASTER_ADDR): no process
     group, the ranks meet through marker files in the run folder; the eigenvalues equal one process."""
     common = ["hessian", "--model", "vmamba-nano", "--pretrained", ckpts["vmamba-nano"], "--data",
-              shared_dir / "data" / "stimuli" / "edges", "--n-samples", "6", "--batch-size", "2", "--k", "2",
+              stimuli_dir / "edges", "--n-samples", "6", "--batch-size", "2", "--k", "2",
               "--max-iter", "4", "--image-size", "32", "--no-progress", "--label", "nano"]  # fmt: skip
     _run(common + ["--out", tmp_path / "one"])
     env = {**os.environ, **ENV, "SLURM_NTASKS": "2", "SLURM_JOB_ID": "4242"}

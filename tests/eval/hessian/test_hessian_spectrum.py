@@ -19,11 +19,6 @@ CLASSES = ["cat", "dog", "car"]
 FAST = dict(k=2, max_iter=12, tol=1e-3, method="lanczos", progress=False)
 
 
-@pytest.fixture(scope="session")
-def stimuli_dir(shared_dir) -> Path:
-    return shared_dir / "data" / "stimuli"
-
-
 @pytest.fixture(scope="module")
 def vit():
     import open_clip

@@ -1,5 +1,5 @@
-"""Fixtures for the OOD tests: paths into ``../shared/data`` (tests skip cleanly without it) and the
-manipulation data shipped with the package."""
+"""Fixtures for the OOD tests: the model-vs-human raw data in ``../shared/data`` (tests skip cleanly
+without it) and the manipulation data shipped with the package. ``stimuli_dir`` is in ``tests/conftest.py``."""
 
 from __future__ import annotations
 
@@ -11,11 +11,6 @@ import pytest
 @pytest.fixture(scope="session")
 def raw_dir(shared_dir) -> Path:
     return shared_dir / "data" / "model-vs-human" / "raw-data"
-
-
-@pytest.fixture(scope="session")
-def stimuli_dir(shared_dir) -> Path:
-    return shared_dir / "data" / "stimuli"
 
 
 @pytest.fixture(scope="session")

@@ -39,17 +39,14 @@ def test_sessions_layout_with_model_vs_human_names(tmp_path):
         list_samples(tmp_path / "bad")
 
 
-def test_categories_layout_and_resolution(tmp_path, stimuli_dir):
-    s = list_samples(stimuli_dir / "cue-conflict")
+def test_categories_layout_and_resolution(tmp_path, stimuli_dir, cue_conflict_dir):
+    s = list_samples(cue_conflict_dir)
     assert len(s) == 160 and all(x.condition == "NaN" for x in s)
     assert s[0].imagename == s[0].path.name and s[0].category == s[0].path.parent.name
     name, folder = resolve_dataset("edge", stimuli_dir)
     assert name == "edge" and folder.name == "edges"
     assert resolve_dataset("silhouette", stimuli_dir)[1].name == "filled-silhouettes"
-    assert resolve_dataset(f"cue-conflict={stimuli_dir / 'cue-conflict'}") == (
-        "cue-conflict",
-        stimuli_dir / "cue-conflict",
-    )
+    assert resolve_dataset(f"cue-conflict={cue_conflict_dir}") == ("cue-conflict", cue_conflict_dir)
     with pytest.raises(ValueError, match="not found"):
         resolve_dataset("sketch", stimuli_dir)
     (tmp_path / "empty").mkdir()

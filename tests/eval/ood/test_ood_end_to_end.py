@@ -102,13 +102,13 @@ def test_make_datasets_from_silhouettes_and_edges(tmp_path, stimuli_dir, manipul
 
 
 @pytest.mark.slow
-def test_evaluate_end_to_end(tmp_path, stimuli_dir, raw_dir):
+def test_evaluate_end_to_end(tmp_path, stimuli_dir, cue_conflict_dir, raw_dir):
     made = tmp_path / "datasets"
     make_datasets(stimuli_dir / "edges", made, datasets=["contrast"], mode="split", max_per_category=2,
                   progress=False)  # fmt: skip
     out = tmp_path / "eval"
     args = ["ood", "evaluate", "--models", "vit-nano", "--datasets", f"contrast={made / 'contrast'}",
-            f"cue-conflict={stimuli_dir / 'cue-conflict'}", "--humans", str(raw_dir), "--templates", "1",
+            f"cue-conflict={cue_conflict_dir}", "--humans", str(raw_dir), "--templates", "1",
             "--max-images", "32", "--batch-size", "8", "--out", str(out), "--no-progress"]  # fmt: skip
     with pytest.warns(UserWarning, match="consistency left out"):
         assert main(args) == 0
@@ -146,13 +146,13 @@ def test_evaluate_end_to_end(tmp_path, stimuli_dir, raw_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["vit-nano", "vmamba-nano"])
-def test_shape_bias_of_nano_model_on_cue_conflict(model, stimuli_dir, tmp_path):
+def test_shape_bias_of_nano_model_on_cue_conflict(model, cue_conflict_dir, tmp_path):
     from mamba_clip.eval.ood.classifier import CLIPDecisionMaker
     from mamba_clip.eval.ood.evaluate import evaluate_dataset
 
     torch.manual_seed(0)
     dm = CLIPDecisionMaker.from_spec(model, templates=1)
-    path = evaluate_dataset(dm, model, "cue-conflict", stimuli_dir / "cue-conflict", tmp_path, max_images=48,
+    path = evaluate_dataset(dm, model, "cue-conflict", cue_conflict_dir, tmp_path, max_images=48,
                             progress=False)  # fmt: skip
     trials = read_trials(path)
     assert len(trials) == 48 and {t.category for t in trials} == set(CATEGORIES)

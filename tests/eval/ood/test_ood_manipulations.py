@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,9 +13,9 @@ from mamba_clip.eval.ood.protocol import DATASETS, PARAMETRIC_DATASETS
 
 
 @pytest.fixture(scope="module")
-def photo(stimuli_dir):
-    """A real 224x224 RGB stimulus (uint8)."""
-    return load_image(sorted((stimuli_dir / "cue-conflict" / "cat").glob("*.png"))[0])
+def photo():
+    """A real 224x224 RGB stimulus (uint8): the first cue-conflict ``cat`` image, shipped in tests/data."""
+    return load_image(Path(__file__).resolve().parents[2] / "data" / "stimuli" / "photo" / "cat1-airplane1.png")
 
 
 @pytest.fixture(scope="module")

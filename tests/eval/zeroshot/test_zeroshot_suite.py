@@ -1,8 +1,9 @@
 """The zero-shot suite end to end on vmamba-nano (random weights saved as a local checkpoint) with real
-images from ``../shared/data/stimuli`` converted by ``make-wds``: ``mamba-clip zeroshot`` and the stock
-``clip_benchmark eval`` give the same metrics; result JSON, table1.csv/.md/.png; a rerun resumes; a
-missing dataset is reported and a corrupt image fails only its dataset; reference templates with
-synonyms (FER-2013's class names) through the whole loop; vit-nano as a second model in one table."""
+images (edges and filled silhouettes from ``stimuli_dir``: ``../shared`` or ``tests/data``) converted by
+``make-wds``: ``mamba-clip zeroshot`` and the stock ``clip_benchmark eval`` give the same metrics; result
+JSON, table1.csv/.md/.png; a rerun resumes; a missing dataset is reported and a corrupt image fails only
+its dataset; reference templates with synonyms (FER-2013's class names) through the whole loop; vit-nano
+as a second model in one table."""
 
 from __future__ import annotations
 
@@ -58,18 +59,17 @@ def _cli(*args) -> tuple:
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory, shared_dir):
+def work(tmp_path_factory, stimuli_dir):
     import open_clip
 
-    stimuli = shared_dir / "data" / "stimuli"
     tmp = tmp_path_factory.mktemp("zeroshot")
     root = tmp / "data"
-    _subset(stimuli / "cue-conflict", tmp / "src" / "cue", 3)
-    _subset(stimuli / "edges", tmp / "src" / "edges", 2)
-    _subset(stimuli / "filled-silhouettes", tmp / "src" / "fer", 2, classes=FER_CLASSES)
-    _subset(stimuli / "edges", tmp / "src" / "broken", 1)
+    _subset(stimuli_dir / "filled-silhouettes", tmp / "src" / "sil", 3)
+    _subset(stimuli_dir / "edges", tmp / "src" / "edges", 2)
+    _subset(stimuli_dir / "filled-silhouettes", tmp / "src" / "fer", 2, classes=FER_CLASSES)
+    _subset(stimuli_dir / "edges", tmp / "src" / "broken", 1)
     (tmp / "templates.txt").write_text("a photo of a {}.\na drawing of the {c}.\n")
-    for name, sub in (("cue", "cue"), ("edges", "edges"), ("fer2013", "fer"), ("broken", "broken")):
+    for name, sub in (("sil", "sil"), ("edges", "edges"), ("fer2013", "fer"), ("broken", "broken")):
         rc, out, _ = _cli("make-wds", tmp / "src" / sub, root / name, "--templates", tmp / "templates.txt",
                           "--shard-size", "20", "--no-progress")  # fmt: skip
         assert rc == 0, out
@@ -82,7 +82,7 @@ def work(tmp_path_factory, shared_dir):
     out_dir = tmp / "out"
     t0 = time.time()
     run1 = _cli("zeroshot", "--model", "vmamba-nano", "--pretrained", ckpt, "--dataset-root", root,
-                "--output", out_dir, "--datasets", "wds/cue", "wds/edges", "wds/fer2013", "cifar10",
+                "--output", out_dir, "--datasets", "wds/sil", "wds/edges", "wds/fer2013", "cifar10",
                 "--batch-size", "16", "--workers", "1")  # fmt: skip
     t1 = time.time()
     return {"tmp": tmp, "root": root, "ckpt": ckpt, "out": out_dir, "run1": run1, "run1_s": t1 - t0}
@@ -92,14 +92,14 @@ def test_first_run_results_and_missing(work):
     rc, out, err = work["run1"]
     assert rc == 0, out + err
     mdir = work["out"] / "vmamba-nano"
-    cue = json.loads((mdir / "wds_cue.json").read_text())
+    sil = json.loads((mdir / "wds_sil.json").read_text())
     for k in ("dataset", "model", "pretrained", "task", "metrics", "metric", "metric_name", "n_images",
               "seconds", "towers", "templates"):  # fmt: skip
-        assert k in cue, k
-    assert cue["n_images"] == 48 and cue["n_classes"] == 16 and cue["towers"] == "single"
-    assert cue["metric_name"] == "top1" and cue["metric"] == cue["metrics"]["acc1"]
-    assert cue["templates_used"] == "wds_folder" and cue["n_templates"] == 2  # wds/ set outside Table 1
-    assert cue["pretrained"] == str(work["ckpt"]) and cue["model"] == "vmamba-nano"
+        assert k in sil, k
+    assert sil["n_images"] == 48 and sil["n_classes"] == 16 and sil["towers"] == "single"
+    assert sil["metric_name"] == "top1" and sil["metric"] == sil["metrics"]["acc1"]
+    assert sil["templates_used"] == "wds_folder" and sil["n_templates"] == 2  # wds/ set outside Table 1
+    assert sil["pretrained"] == str(work["ckpt"]) and sil["model"] == "vmamba-nano"
     # the missing dataset is listed with the path it expected and how to get it; the others still ran
     assert "cifar10" in out and str(work["root"] / "cifar10") in out and "build_dataset('cifar10'" in out
     assert "3 evaluated, 1 missing, 0 failed" in out
@@ -121,8 +121,8 @@ def test_tables_written(work):
     rows = list(csv.DictReader(open(out / "table1.csv")))
     ours = [r for r in rows if r["model"] == "vmamba-nano" and r["row"] == "ours"]
     assert len(ours) == 1
-    cue = json.loads((out / "vmamba-nano" / "wds_cue.json").read_text())
-    assert float(ours[0]["wds/cue"]) == pytest.approx(100 * cue["metric"], abs=0.051)
+    sil = json.loads((out / "vmamba-nano" / "wds_sil.json").read_text())
+    assert float(ours[0]["wds/sil"]) == pytest.approx(100 * sil["metric"], abs=0.051)
     assert ours[0]["FER-2013"] != "" and ours[0]["n_table1"] == "1"
     md = (out / "table1.md").read_text()
     assert "| vmamba-nano | ours |" in md and "FER-2013" in md
@@ -133,7 +133,7 @@ def test_rerun_resumes_and_corrupt_image_fails_only_its_dataset(work):
     mdir = work["out"] / "vmamba-nano"
     before = {p.name: p.stat().st_mtime_ns for p in mdir.glob("wds_*.json")}
     rc, out, err = _cli("zeroshot", "--model", "vmamba-nano", "--pretrained", work["ckpt"], "--dataset-root",
-                        work["root"], "--output", work["out"], "--datasets", "wds/cue", "wds/edges", "wds/broken",
+                        work["root"], "--output", work["out"], "--datasets", "wds/sil", "wds/edges", "wds/broken",
                         "--batch-size", "16", "--workers", "1", "--no-progress")  # fmt: skip
     assert rc == 1, out + err  # a dataset failed; the run finished
     assert {p.name: p.stat().st_mtime_ns for p in mdir.glob("wds_*.json")} == before  # nothing recomputed
@@ -146,10 +146,10 @@ def test_rerun_resumes_and_corrupt_image_fails_only_its_dataset(work):
 
 
 def test_stock_clip_benchmark_reads_make_wds_and_agrees(work):
-    ours = json.loads((work["out"] / "vmamba-nano" / "wds_cue.json").read_text())["metrics"]
+    ours = json.loads((work["out"] / "vmamba-nano" / "wds_sil.json").read_text())["metrics"]
     exe = Path(sys.executable).with_name("clip_benchmark")
-    cmd = [str(exe) if exe.exists() else "clip_benchmark", "eval", "--dataset", "wds/cue", "--dataset_root",
-           str(work["root"] / "cue"), "--model", "vmamba-nano", "--pretrained", str(work["ckpt"]), "--no_amp",
+    cmd = [str(exe) if exe.exists() else "clip_benchmark", "eval", "--dataset", "wds/sil", "--dataset_root",
+           str(work["root"] / "sil"), "--model", "vmamba-nano", "--pretrained", str(work["ckpt"]), "--no_amp",
            "--batch_size", "16", "--num_workers", "0", "--output", str(work["tmp"] / "cb.json")]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "MAMBA_CLIP_NO_AUTOLOAD"}  # the stock tool needs the hook
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
