@@ -134,6 +134,32 @@ def check_model(name: str, option: str = "--model") -> str:
     return name
 
 
+def check_image_size(model: str, size: Optional[int], option: str = "--image-size") -> Optional[int]:
+    """``model`` built with ``force_image_size=size`` must take ``size`` x ``size`` images: one forward
+    pass of the image tower on the meta device (shapes only, no memory, well under a second) runs the
+    tower's own input checks (VMamba and SiMBA: multiples of 32). ``None`` keeps the model's size."""
+    if size is None:
+        return None
+    import logging
+
+    import open_clip
+    import torch
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # open_clip's "no pretrained weights loaded" warning
+    try:
+        with torch.device("meta"):
+            net = open_clip.create_model(model, force_image_size=size, device="meta")
+            net.encode_image(torch.empty(1, 3, size, size))
+    except (ValueError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{option} {size}: {model} cannot take {size}x{size} images ({reason})") from None
+    finally:
+        root.setLevel(level)
+    return size
+
+
 def check_device(device: str, option: str = "--device") -> str:
     """``cpu``, ``cuda`` or ``cuda:N`` with that GPU present."""
     import torch

@@ -45,11 +45,17 @@ def work(tmp_path_factory):
     (root / "notes.txt").write_text("not a checkpoint\n")
     (root / "ckpt.safetensors").write_bytes(b"x")  # placeholder for convert's output naming check
     import open_clip
+    import torch
 
     from mamba_clip.openclip_ext.checkpoints import save_safetensors
 
     other = open_clip.create_model("simba-nano").state_dict()  # the wrong model for vmamba-nano
     save_safetensors(other, str(root / "simba-nano.safetensors"), {"model": "simba-nano"})
+    for name in ("vit-nano", "vmamba-nano"):  # diverged runs: one weight tensor all NaN / inf
+        sd = open_clip.create_model(name).state_dict()
+        key = next(k for k, v in sd.items() if v.is_floating_point() and "visual" in k)
+        sd[key] = torch.full_like(sd[key], float("nan") if name == "vit-nano" else float("inf"))
+        torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()}}, root / f"{name}-nan.pt")
     ood = root / "ood"
     (ood / "cue-conflict" / "cat").mkdir(parents=True)
     (ood / "cue-conflict" / "cat" / "cat1-dog1.png").write_bytes(PNG_1PX[:50])
@@ -86,6 +92,12 @@ def _cases(w: Path):
         (hs + ["--model", "vmamba-nano", "--pretrained", trunc], "truncated"),
         (hs + ["--model", "vmamba-nano", "--pretrained", str(w / "simba-nano.safetensors")], "simba-nano"),
         (hs + ["--model", "vmamba-nano", "--device", "cuda:7"], "cuda:7"),
+        (zs + ["--model", "vit-nano", "--pretrained", str(w / "vit-nano-nan.pt")], "non-finite"),
+        (ood + ["--models", f"vit-nano:{w / 'vit-nano-nan.pt'}", "--datasets", "cue-conflict"], "non-finite"),
+        (hs + ["--model", "vmamba-nano", "--pretrained", str(w / "vmamba-nano-nan.pt")], "non-finite"),
+        (["convert", str(w / "vmamba-nano-nan.pt"), "-o", str(w / "x.pt")], "non-finite"),
+        (hs + ["--model", "vmamba-nano", "--image-size", "48"], "--image-size 48"),
+        (zs + ["--model", "simba-nano", "--image-size", "40"], "--image-size 40"),
         (["convert", str(w / "missing.pt"), "-o", str(w / "x.safetensors")], "missing.pt"),
         (["convert", notes, "-o", str(w / "x.safetensors")], "notes.txt"),
         (["convert", trunc, "-o", str(w / "x.safetensors")], "truncated"),

@@ -94,6 +94,36 @@ class ModelMismatchError(CheckpointError):
     """The checkpoint belongs to another architecture than the target model."""
 
 
+class NonFiniteCheckpointError(CheckpointError):
+    """A weight holds NaN or infinity (a diverged or damaged run): every number computed from it would
+    be meaningless."""
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], path: str = "state dict") -> None:
+    """Raise :class:`NonFiniteCheckpointError` naming the first floating-point entry with a NaN or an
+    infinity, and how many such entries there are. Entries named ``*mask`` may hold ``-inf`` (additive
+    attention masks) but no NaN."""
+    bad = []
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor) or not (value.is_floating_point() or value.is_complex()):
+            continue
+        if key.endswith("mask"):
+            ok = not bool(torch.isnan(value).any())
+        else:
+            ok = bool(torch.isfinite(value).all())
+        if not ok:
+            bad.append(key)
+    if bad:
+        first = state_dict[bad[0]]
+        n_nan = int(torch.isnan(first).sum())
+        n_inf = int(torch.isinf(first).sum())
+        raise NonFiniteCheckpointError(
+            f"{path!r} holds non-finite weights: {bad[0]!r} has {n_nan} NaN and {n_inf} inf of {first.numel()} "
+            f"values ({len(bad)} of {len(state_dict)} entries affected); a diverged or damaged run, pick an "
+            "earlier checkpoint"
+        )
+
+
 # ------------------------------------------------------------------------------------ file access
 @dataclass
 class LoadedCheckpoint:
@@ -181,7 +211,8 @@ def _args_meta(args) -> Dict[str, str]:
 def load_checkpoint_file(path: str, *, mmap: bool = True) -> LoadedCheckpoint:
     """Read an original release checkpoint, a converted safetensors file or an open_clip ``.pt``.
 
-    Raises FileNotFoundError, NotACheckpointError, CorruptCheckpointError, UnsafeCheckpointError.
+    Raises FileNotFoundError, NotACheckpointError, CorruptCheckpointError, UnsafeCheckpointError,
+    NonFiniteCheckpointError.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -221,6 +252,7 @@ def load_checkpoint_file(path: str, *, mmap: bool = True) -> LoadedCheckpoint:
                 f"or a flat name -> tensor dict, found {found}."
             )
         sd = _strip_module(sd)
+    check_finite(sd, path)
     layout = detect_layout(sd)
     if layout is None:
         raise NotACheckpointError(
@@ -600,6 +632,7 @@ def iter_original_keys(tsv_lines: Iterable[str]) -> Iterable[Tuple[str, Tuple[in
 __all__ = [
     "TOWERS", "ORIGINAL_NAMES", "OPEN_CLIP_NAMES", "CheckpointError", "NotACheckpointError",
     "CorruptCheckpointError", "UnsafeCheckpointError", "TowerMissingError", "ModelMismatchError",
+    "NonFiniteCheckpointError", "check_finite",
     "LoadedCheckpoint", "sniff_file_format", "load_checkpoint_file", "detect_layout",
     "original_to_open_clip", "open_clip_to_original", "mismatches", "check_state_dict",
     "model_state_shapes", "identify_model", "to_open_clip", "save_safetensors", "convert_file",

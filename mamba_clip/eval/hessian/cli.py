@@ -106,11 +106,18 @@ def _check_data(data) -> None:
 def _run(args) -> int:
     from pathlib import Path
 
-    from mamba_clip.cli_checks import check_device, check_model, check_pretrained, check_templates
+    from mamba_clip.cli_checks import (
+        check_device,
+        check_image_size,
+        check_model,
+        check_pretrained,
+        check_templates,
+    )
 
     data = Path(args.data)
     templates = check_templates(args.templates)
     check_model(args.model)
+    check_image_size(args.model, args.image_size)
     pretrained = check_pretrained(args.model, args.pretrained, image_size=args.image_size)
     check_device(args.device)
     _check_data(data)

@@ -95,13 +95,18 @@ def loss_gradient(model: nn.Module, loss_fn: LossFn, batch, params: Sequence[Ten
 
 
 def check_loss(loss) -> Tensor:
-    """A scalar tensor that depends on the selected parameters, or a ValueError saying what is wrong."""
+    """A finite scalar tensor that depends on the selected parameters, or a ValueError saying what is wrong."""
     if not isinstance(loss, Tensor) or loss.dim() != 0:
         raise ValueError(f"loss_fn(model, batch) must return a scalar tensor, got "
                          f"{type(loss).__name__}{'' if not isinstance(loss, Tensor) else tuple(loss.shape)}")
     if not loss.requires_grad:
         raise ValueError("the loss does not depend on the selected parameters (e.g. the zero-shot loss, "
                          "whose class prototypes are frozen, with text-tower parameters only)")
+    if not bool(torch.isfinite(loss.detach())):
+        from mamba_clip.finite import NonFiniteError
+
+        raise NonFiniteError(f"the loss of this batch is {float(loss.detach()):g}: its Hessian is not defined "
+                             "(the weights or the inputs give numbers out of range)")
     return loss
 
 

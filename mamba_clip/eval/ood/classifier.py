@@ -20,6 +20,8 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from mamba_clip.finite import require_finite
+
 from .categories import aggregation_matrix
 from .protocol import CATEGORIES
 
@@ -207,6 +209,7 @@ class CLIPDecisionMaker:
                 chunks.append(open_clip.build_zero_shot_classifier(
                     self.model, self.tokenizer, part, self.templates, num_classes_per_batch=per_batch,
                     device=self.device, use_tqdm=False).float())  # fmt: skip
+                require_finite(chunks[-1], f"{self.label} class embeddings (text head, classes {start}..)")
                 bar.update(len(part))
                 if start == 0 and len(part) < len(names):
                     took = time.perf_counter() - t0
@@ -218,7 +221,7 @@ class CLIPDecisionMaker:
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) preprocessed images -> (N, C) softmax over the head's classes."""
-        feats = self.model.encode_image(images.to(self.device))
+        feats = require_finite(self.model.encode_image(images.to(self.device)), f"{self.label} image embeddings")
         feats = feats / feats.norm(dim=-1, keepdim=True)
         logits = self.logit_scale * feats.float() @ self.text_head()
         return logits.softmax(dim=-1)

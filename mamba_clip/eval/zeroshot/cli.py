@@ -62,13 +62,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
-    from mamba_clip.cli_checks import UsageError, check_device, check_folder, check_model, check_pretrained
+    from mamba_clip.cli_checks import (
+        UsageError,
+        check_device,
+        check_folder,
+        check_image_size,
+        check_model,
+        check_pretrained,
+    )
 
     try:
         resolve_all(args.datasets)
     except UnknownDatasetError as exc:
         raise UsageError(f"--datasets: {exc}") from None
     check_model(args.model)
+    check_image_size(args.model, args.image_size)
     args.pretrained = check_pretrained(args.model, args.pretrained, image_size=args.image_size)
     check_folder(args.dataset_root, "--dataset-root", non_empty=False)  # empty: all listed as missing
     check_device(args.device)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from mamba_clip.fileio import atomic_write_text
+from mamba_clip.finite import require_finite
 
 from .catalog import METRIC_NAMES, DatasetSpec, resolve_all
 from .datasets import DatasetMissing, how_to_get, load_dataset
@@ -201,6 +202,7 @@ def classify(model, loader, head, device="cpu", amp: bool = False, progress: boo
 
         it = tqdm(loader, desc=desc, unit="batch", leave=False, file=sys.stderr, total=total)
     head = head.to(device)
+    where = f" ({desc})" if desc else ""
     with torch.inference_mode():
         for images, target in it:
             images = images.to(device, non_blocking=True)
@@ -208,7 +210,7 @@ def classify(model, loader, head, device="cpu", amp: bool = False, progress: boo
                 images = normalize(images)
             with torch.autocast(dev_type, enabled=amp):
                 f = model.encode_image(images)
-            f = F.normalize(f.float(), dim=-1)
+            f = F.normalize(require_finite(f.float(), f"image embeddings of batch {len(logits)}{where}"), dim=-1)
             logits.append((100.0 * f @ head).cpu())
             targets.append(torch.as_tensor(target).cpu())
     if not logits:

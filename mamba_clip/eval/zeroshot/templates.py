@@ -100,6 +100,8 @@ def class_embeddings(model, tokenizer, names: ClassNames, templates: Sequence[st
     import torch
     import torch.nn.functional as F
 
+    from mamba_clip.finite import require_finite
+
     per_class = prompts(names, templates)
     flat = [p for ps in per_class for p in ps]
     feats = []
@@ -107,7 +109,8 @@ def class_embeddings(model, tokenizer, names: ClassNames, templates: Sequence[st
     with torch.inference_mode(), torch.autocast(dev_type, enabled=amp):
         for i in range(0, len(flat), batch_size):
             tokens = tokenizer(flat[i : i + batch_size]).to(device)
-            feats.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
+            emb = require_finite(model.encode_text(tokens).float(), f"text embeddings of prompts {i}..")
+            feats.append(F.normalize(emb, dim=-1))
     feats = torch.cat(feats)
     out, start = [], 0
     for ps in per_class:
