@@ -56,6 +56,7 @@ def work(tmp_path_factory):
         key = next(k for k, v in sd.items() if v.is_floating_point() and "visual" in k)
         sd[key] = torch.full_like(sd[key], float("nan") if name == "vit-nano" else float("inf"))
         torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()}}, root / f"{name}-nan.pt")
+    (root / "missing-image.csv").write_text("filepath,title\nnope/cat9.png,a cat\n")
     ood = root / "ood"
     (ood / "cue-conflict" / "cat").mkdir(parents=True)
     (ood / "cue-conflict" / "cat" / "cat1-dog1.png").write_bytes(PNG_1PX[:50])
@@ -98,6 +99,10 @@ def _cases(w: Path):
         (["convert", str(w / "vmamba-nano-nan.pt"), "-o", str(w / "x.pt")], "non-finite"),
         (hs + ["--model", "vmamba-nano", "--image-size", "48"], "--image-size 48"),
         (zs + ["--model", "simba-nano", "--image-size", "40"], "--image-size 40"),
+        (["zeroshot", "--model", "vmamba-nano", "--dataset-root", e, "--output", out, "--datasets", "wds/mine"],
+         "holds none of the 1 requested dataset"),
+        (["hessian", "--out", out, "--model", "vmamba-nano", "--data", str(w / "missing-image.csv")],
+         "nope/cat9.png"),
         (["convert", str(w / "missing.pt"), "-o", str(w / "x.safetensors")], "missing.pt"),
         (["convert", notes, "-o", str(w / "x.safetensors")], "notes.txt"),
         (["convert", trunc, "-o", str(w / "x.safetensors")], "truncated"),
@@ -168,3 +173,12 @@ def test_console_script_reports_without_traceback(tmp_path):
                        text=True, env=env, timeout=120)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines() == [f"error: SRC {str(tmp_path / 'nope')!r}: no such folder"]
+
+
+def test_hessian_says_when_n_samples_exceeds_the_data(work, capsys, tmp_path):
+    argv = ["hessian", "--out", str(tmp_path / "run"), "--model", "vit-nano", "--data", str(work / "good"),
+            "--n-samples", "50", "--batch-size", "4", "--k", "1", "--max-iter", "2", "--templates", "1",
+            "--image-size", "32", "--no-progress"]
+    rc, out, err = _run(argv, capsys)
+    assert rc == 0, out + err
+    assert f"--n-samples 50: {work / 'good'} holds 4 images; using all 4" in err

@@ -92,15 +92,28 @@ def _plot(args) -> int:
     return 0
 
 
-def _check_data(data) -> None:
-    from mamba_clip.cli_checks import check_file, check_image_folder
+def _check_data(data) -> int:
+    """An ImageFolder with decodable images, or an open_clip CSV whose rows name decodable images.
+    Returns the number of images."""
+    from pathlib import Path
+
+    from mamba_clip.cli_checks import check_file, check_image_folder, first_bad_image
+
+    from .data import caption_csv
 
     if data.is_dir():
-        check_image_folder(data, "--data", classes=True)
-    elif not data.exists():
+        return len(check_image_folder(data, "--data", classes=True))
+    if not data.exists():
         raise UsageError(f"--data {str(data)!r}: no such folder or file (expected an ImageFolder or a CSV file)")
-    else:
-        check_file(data, "--data")
+    check_file(data, "--data")
+    try:
+        items = caption_csv(data, transform=None).items
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--data {exc}") from None
+    bad = first_bad_image(Path(p) for p, _ in items)
+    if bad is not None:
+        raise UsageError(f"--data {str(data)!r}: image {str(bad[0])!r} cannot be read ({bad[1]})")
+    return len(items)
 
 
 def _run(args) -> int:
@@ -120,7 +133,10 @@ def _run(args) -> int:
     check_image_size(args.model, args.image_size)
     pretrained = check_pretrained(args.model, args.pretrained, image_size=args.image_size)
     check_device(args.device)
-    _check_data(data)
+    n_images = _check_data(data)
+    if args.n_samples > n_images:
+        print(f"--n-samples {args.n_samples}: {data} holds {n_images} images; using all {n_images}",
+              file=sys.stderr)
 
     import open_clip
     import torch

@@ -11,7 +11,8 @@ and the parts of large ones, are split over them; rank 0 writes the summary and 
 
 Exit status: 0 when every dataset was evaluated, resumed or is missing (missing ones are listed with
 the path expected and how to get them); 1 when some dataset failed (e.g. a corrupt image); 2 for bad
-arguments (an unknown dataset name fails before anything is loaded, listing the valid names).
+arguments, before anything is loaded: an unknown dataset name (listing the valid names), or a dataset
+root holding none of the requested datasets (listing how to get each).
 Heavy imports (torch, open_clip) happen inside the command, so ``--help`` stays fast.
 """
 
@@ -72,13 +73,14 @@ def _run(args) -> int:
     )
 
     try:
-        resolve_all(args.datasets)
+        specs = resolve_all(args.datasets)
     except UnknownDatasetError as exc:
         raise UsageError(f"--datasets: {exc}") from None
     check_model(args.model)
     check_image_size(args.model, args.image_size)
     args.pretrained = check_pretrained(args.model, args.pretrained, image_size=args.image_size)
-    check_folder(args.dataset_root, "--dataset-root", non_empty=False)  # empty: all listed as missing
+    root = check_folder(args.dataset_root, "--dataset-root", non_empty=False)
+    _check_some_present(specs, root)
     check_device(args.device)
     from mamba_clip.distributed import Dist
 
@@ -103,6 +105,25 @@ def _run(args) -> int:
         return 1 if any(r["status"] == "failed" for r in results.values()) else 0
     print_summary(results)
     return 1 if any(r["status"] == "failed" for r in results.values()) else 0
+
+
+def _check_some_present(specs, root) -> None:
+    """At least one requested dataset is under ``root``; else list how to get each, then a usage error
+    (before any model is loaded). Some missing: they are listed after the run (exit 0)."""
+    from mamba_clip.cli_checks import UsageError
+
+    from .datasets import how_to_get
+    from .suite import _present
+
+    if any(_present(spec, root) for spec in specs):
+        return
+    print("missing datasets:")
+    for spec in specs:
+        path = root / spec.dirname
+        print(f"  {spec.name}: expected at {path}\n    {how_to_get(spec, path)}")
+    n = len(specs)
+    raise UsageError(f"--dataset-root {str(root)!r} holds none of the {n} requested dataset{'s' * (n > 1)} "
+                     "(listed above with how to get each)")
 
 
 def print_summary(results) -> None:
