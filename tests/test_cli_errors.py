@@ -57,6 +57,16 @@ def work(tmp_path_factory):
         sd[key] = torch.full_like(sd[key], float("nan") if name == "vit-nano" else float("inf"))
         torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()}}, root / f"{name}-nan.pt")
     (root / "missing-image.csv").write_text("filepath,title\nnope/cat9.png,a cat\n")
+    (root / "damaged-run").mkdir()
+    (root / "damaged-run" / "eigenvalues.json").write_text('{"format": "mamba_clip.hessian.eigenvalues/1", "batc')
+    with_empty = root / "with-empty-class"
+    (with_empty / "cat").mkdir(parents=True)
+    (with_empty / "cat" / "cat0.png").write_bytes(PNG_1PX)
+    (with_empty / "dog").mkdir()
+    raw = root / "raw" / "edge"  # a raw-data CSV cut off mid-row
+    raw.mkdir(parents=True)
+    (raw / "edge_m_session-1.csv").write_text("subj,session,trial,rt,object_response,category,condition,imagename\n"
+                                              "m,1,1,NaN,cat,cat,0,cat1.png\nm,1,2,NaN,d")
     ood = root / "ood"
     (ood / "cue-conflict" / "cat").mkdir(parents=True)
     (ood / "cue-conflict" / "cat" / "cat1-dog1.png").write_bytes(PNG_1PX[:50])
@@ -111,6 +121,10 @@ def _cases(w: Path):
         (["make-wds", e, str(w / "wds")], "empty"),
         (["make-wds", str(w / "nope"), str(w / "wds")], "nope"),
         (["make-wds", g, str(w / "wds"), "--shard-size", "0"], "--shard-size"),
+        (["make-wds", g, str(w / "good" / "wds")], "inside SRC"),
+        (["make-wds", str(w / "with-empty-class"), str(w / "wds")], "without images: dog"),
+        (["hessian", "plot", str(w / "damaged-run"), "--out", str(w / "out.png")], "eigenvalues.json"),
+        (["ood", "metrics", "--raw-data", str(w / "raw"), "--out", str(w / "out.json")], "edge_m_session-1.csv:3"),
     ]
 
 
@@ -136,7 +150,8 @@ def test_bad_inputs_fail_with_one_error_line(work, capsys, monkeypatch):
                 or len(text.strip().splitlines()) > 8:
             problems.append(f"{' '.join(argv)}\n  -> rc={rc}, output:\n{text}")
     assert not problems, "\n".join(problems)
-    assert not (work / "out").exists() and not (work / "wds").exists()  # nothing written before the checks
+    for written in ("out", "wds", "good/wds", "out.png", "out.json"):  # nothing written before the checks
+        assert not (work / written).exists(), written
 
 
 def test_debug_shows_traceback(work, capsys, monkeypatch):

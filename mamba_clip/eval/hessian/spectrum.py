@@ -97,13 +97,32 @@ class HessianSpectrum:
             path = path / JSON_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no Hessian run here (expected RUN/{JSON_NAME})")
-        return _from_record(json.loads(path.read_text()), str(path))
+        return _from_record(_read_record(path), str(path))
+
+
+def _read_record(path: Path) -> dict:
+    """The JSON object in ``path``; a file that is not one raises ValueError naming it."""
+    try:
+        rec = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: not a Hessian eigenvalue file (not JSON: {e})") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"{path}: not a Hessian eigenvalue file (a JSON {type(rec).__name__}, not an object)")
+    return rec
 
 
 def _from_record(rec: dict, where: str = "") -> HessianSpectrum:
     if rec.get("format") != FORMAT:
         raise ValueError(f"{where}: not a Hessian eigenvalue file (format {rec.get('format')!r}, "
                          f"expected {FORMAT!r})")
+    try:
+        return _spectrum(rec, where)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{where}: damaged Hessian eigenvalue file ({type(e).__name__}: {e}); "
+                         "rerun the command that wrote it") from None
+
+
+def _spectrum(rec: dict, where: str) -> HessianSpectrum:
     b = sorted(rec["batches"], key=lambda r: r["index"])
     k = rec["settings"]["k"]
     return HessianSpectrum(
@@ -132,7 +151,7 @@ class RunStore:
         self.record = {"format": FORMAT, "label": label, "settings": settings, "batches": [], "complete": False}
         path = self.dir / JSON_NAME
         if path.is_file():
-            old = json.loads(path.read_text())
+            old = _read_record(path)
             if old.get("format") != FORMAT:
                 raise ValueError(f"{path}: not a Hessian eigenvalue file; choose another output folder")
             diff = {k: (old["settings"].get(k), settings.get(k)) for k in KEY_SETTINGS

@@ -211,10 +211,14 @@ def _metrics(args) -> int:
     check_folder(args.raw_data, "--raw-data")
     if args.humans is not None:
         check_folder(args.humans, "--humans")
-    raw = read_raw_data(args.raw_data, datasets=args.datasets)
+    try:  # a damaged CSV names its file and line
+        raw = read_raw_data(args.raw_data, datasets=args.datasets)
+        humans = read_raw_data(args.humans, datasets=args.datasets) if args.humans else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if not raw:
-        raise UsageError(f"--raw-data {args.raw_data!r}: no raw-data CSVs of {args.datasets} found")
-    humans = read_raw_data(args.humans, datasets=args.datasets) if args.humans else None
+        raise UsageError(f"--raw-data {args.raw_data!r}: no raw-data CSVs found (expected "
+                         f"RAW/<dataset>/*.csv for a dataset of: {', '.join(args.datasets)})")
     try:
         summary = summarize(raw, models=args.models, humans=humans, datasets=args.datasets)
     except ValueError as exc:  # e.g. a --models name without trials in --raw-data

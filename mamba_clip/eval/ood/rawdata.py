@@ -86,8 +86,12 @@ def read_trials(path: PathLike, dataset: Optional[str] = None) -> List[Trial]:
         for lineno, row in enumerate(reader, start=2):
             if not row:
                 continue
+            if len(row) < len(header):
+                raise ValueError(f"{path}:{lineno}: {len(row)} field(s), the header has {len(header)} "
+                                 "(a truncated file?)")
             try:
                 condition = spec.canonical_condition(row[col["condition"]])
+                trial = int(float(row[col["trial"]]))
             except ValueError as exc:
                 raise ValueError(f"{path}:{lineno}: {exc}") from None
             imagename = row[col["imagename"]]
@@ -96,7 +100,7 @@ def read_trials(path: PathLike, dataset: Optional[str] = None) -> List[Trial]:
                     dataset=dataset,
                     subj=row[col["subj"]],
                     session=row[col["session"]],
-                    trial=int(float(row[col["trial"]])),
+                    trial=trial,
                     rt=row[col["rt"]],
                     object_response=row[col["object_response"]],
                     category=row[col["category"]],

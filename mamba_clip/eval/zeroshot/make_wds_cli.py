@@ -34,8 +34,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _run(args) -> int:
     from mamba_clip.cli_checks import UsageError, check_file, check_image_folder
 
-    from .wds import make_wds
+    from .wds import check_destination, make_wds
 
+    try:
+        check_destination(args.src, args.dst)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     check_image_folder(args.src, "SRC", classes=True)  # names the first image PIL cannot read
     for option, path in (("--templates", args.templates), ("--classnames", args.classnames)):
         if path is not None:

@@ -65,15 +65,28 @@ def _image_folder(src: Path) -> Tuple[List[str], List[Tuple[Path, int]]]:
     classes = sorted(d.name for d in src.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise ValueError(f"{src} has no class folders (expected one sub-folder of images per class)")
-    samples = []
+    samples, empty = [], []
     for label, c in enumerate(classes):
         files = sorted(
             p for p in (src / c).rglob("*") if p.is_file() and p.suffix.lower() in SOURCE_EXTS
         )
         samples.extend((p, label) for p in files)
+        if not files:
+            empty.append(c)
     if not samples:
         raise ValueError(f"no images ({', '.join(SOURCE_EXTS)}) under {src}")
+    if empty:  # as torchvision's ImageFolder: a class without images is a mistake, not a silent extra class
+        raise ValueError(f"class folder(s) of {src} without images: {', '.join(empty[:5])}"
+                         f"{', ...' if len(empty) > 5 else ''} (remove them, or add images)")
     return classes, samples
+
+
+def check_destination(src: Union[str, Path], dst: Union[str, Path]) -> None:
+    """ValueError when ``dst`` is ``src`` or lies inside it: the shards would become a class of the
+    next run (or be packed into themselves)."""
+    s, d = Path(src).resolve(), Path(dst).resolve()
+    if d == s or s in d.parents:
+        raise ValueError(f"DST {str(dst)!r} lies inside SRC {str(src)!r}; choose an output folder outside it")
 
 
 def _image_bytes(path: Path, name: str = "") -> Tuple[str, bytes]:
@@ -118,6 +131,7 @@ def make_wds(src, dst, templates: Union[None, str, Path, Sequence[str]] = None, 
     src, dst = Path(src), Path(dst)
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    check_destination(src, dst)
     folders, samples = _image_folder(src)
     if classnames is None:
         names = list(folders)
