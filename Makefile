@@ -20,7 +20,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# Everyday development (target: under 3 minutes; 1 min 50 s on a quiet 2-core machine): the unit tests,
+# Everyday development (target: under 3 minutes; 1 min 50 s to 2 min 16 s on 2 cores, load 0.7-1): the unit tests,
 # without the tests marked slow (end-to-end or multi-second), the dense-Hessian references (minutes of
 # CPU) and the suites that run subprocesses (stock open_clip / clip_benchmark tooling, pip packaging,
 # examples, demo, benchmarks); stops at the first failure. The full suite (make test) runs in CI.

@@ -42,7 +42,7 @@ def test_gradgradcheck_torch(stepwise_min, monkeypatch):
     assert torch.autograd.gradgradcheck(_fn("torch", True, KEYS), args, eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("L", [1, 5, 11])
+@pytest.mark.parametrize("L", [1, 5, pytest.param(11, marks=pytest.mark.slow)])  # 11: 5 s, full suite only
 def test_gradcheck_and_gradgradcheck_torch_n1(L, monkeypatch):
     """N == 1 runs through the hand-written first-order backward (and, under create_graph, the
     differentiable rebuild): both orders must match finite differences."""
