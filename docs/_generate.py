@@ -39,6 +39,13 @@ def render(report: Dict, source: str) -> str:
         f"(seed {st.get('seed')}, {st.get('epochs')} epochs, {st.get('image_size')} px"
         f"{', a sliver of the data: a smoke test, not the study' if quick else ''}).",
         "",
+    ]
+    env = report.get("environment")
+    if env:
+        from mamba_clip.demo.report import REPEATABILITY, environment_line
+
+        lines += [f"Run on {environment_line(env)}. {REPEATABILITY}", ""]
+    lines += [
         f"Wall time of the steps: {_minutes(total)} in all ("
         + ", ".join(f"{s} {_minutes(v)}" for s, v in steps.items() if v) + ").",
         "",

@@ -144,3 +144,27 @@ def test_release_keys_without_shared_folder_and_report_reason(tmp_path):
     md = demo_report.render_markdown(rep)
     assert "| vmamba-s | 10 | 3/3 |" in md and "Key lists from: package data." in md
     assert "| simba-s | 20 | n/a |" in md and "n/a: no release key list: gone." in md
+
+
+def test_environment_is_recorded_and_rendered():
+    """The report and docs/demo_results.md say which CPU and torch produced the numbers (accuracies
+    move a little between CPUs: other float kernels)."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    import torch
+
+    from mamba_clip.demo import environment
+
+    env = environment()
+    assert env["torch"] == torch.__version__ and env["cpu_count"] == os.cpu_count()
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and env["cpu"]
+    md = demo_report.render_markdown({"environment": env})
+    assert f"Run on: {env['cpu']} (" in md and f"torch kernels {env['cpu_capability']}" in md
+    spec = importlib.util.spec_from_file_location("docs_generate", Path(__file__).parents[1] / "docs" / "_generate.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    doc = gen.render({"settings": {"seed": 0}, "environment": env}, "demo_out/report.json")
+    assert f"Run on {env['cpu']} (" in doc and f"torch {env['torch']}" in doc
+    assert "Run on" not in gen.render({"settings": {"seed": 0}}, "old/report.json")  # older reports still render

@@ -19,6 +19,8 @@ numbers show. ``--quick`` runs every step on a sliver of the data (about 3 minut
 from __future__ import annotations
 
 import json
+import os
+import platform
 import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -55,7 +57,7 @@ def run_demo(out, steps: Optional[Sequence[str]] = None, force: bool = False, **
             raise ValueError(f"{out} holds a demo run with other settings ({', '.join(diff)}); use another --out "
                              "or --force to start over")
     write_json(settings_path, recorded)
-    report: Dict = {"settings": recorded}
+    report: Dict = {"settings": recorded, "environment": environment()}
     t_start = time.perf_counter()
     for i, name in enumerate(steps, 1):
         path = out / f"{name}.json"
@@ -77,6 +79,31 @@ def run_demo(out, steps: Optional[Sequence[str]] = None, force: bool = False, **
     md = write_report(out, report)
     print(f"report: {md}")
     return report
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment() -> Dict:
+    """Where the run happened: the same seed gives the same numbers on one machine, but another CPU (or
+    torch build) dispatches other float kernels, and the trained models, hence the accuracies, move a
+    little. Also the load at the start, beside the step timings."""
+    import torch
+
+    from mamba_clip.version import __version__
+
+    return {"machine": platform.machine(), "system": platform.system(), "cpu": _cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__, "mamba_clip": __version__,
+            "loadavg_1min_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
 
 
 def add_parser(subparsers) -> None:

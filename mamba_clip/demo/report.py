@@ -150,6 +150,18 @@ def _md_table(rows: List[Dict], header: List[str]) -> List[str]:
     return lines
 
 
+REPEATABILITY = ("The same settings give the same numbers on one machine; another CPU model or torch build "
+                 "dispatches other float kernels, so the trained models differ a little: zero-shot accuracies by "
+                 "a few tenths of a point, Hessian eigenvalues and timings more.")
+
+
+def environment_line(env: Dict) -> str:
+    """``report["environment"]`` in one line: CPU, its torch kernel level, cores, torch, load."""
+    return (f"{env.get('cpu')} ({env.get('machine')}, torch kernels {env.get('cpu_capability')}, "
+            f"{env.get('cpu_count')} cores), torch {env.get('torch')}, mamba_clip {env.get('mamba_clip')}, "
+            f"load {env.get('loadavg_1min_at_start')} at the start")
+
+
 def render_markdown(report: Dict, tabs: Optional[Dict[str, List[Dict]]] = None) -> str:
     tabs = tabs if tabs is not None else tables(report)
     settings = report.get("settings", {})
@@ -158,6 +170,9 @@ def render_markdown(report: Dict, tabs: Optional[Dict[str, List[Dict]]] = None) 
         lines += [f"Settings: seed {settings.get('seed')}, {settings.get('epochs')} epochs, batch "
                   f"{settings.get('batch_size')}, {settings.get('image_size')} px, models "
                   f"{', '.join(settings.get('models', []))}{' (--quick)' if settings.get('quick') else ''}.", ""]
+    env = report.get("environment")
+    if env:
+        lines += [f"Run on: {environment_line(env)}. {REPEATABILITY}", ""]
     found = findings(report)
     if found:
         lines += ["## What the numbers show", ""] + [f"- {x}" for x in found] + [""]
