@@ -168,3 +168,22 @@ def test_environment_is_recorded_and_rendered():
     doc = gen.render({"settings": {"seed": 0}, "environment": env}, "demo_out/report.json")
     assert f"Run on {env['cpu']} (" in doc and f"torch {env['torch']}" in doc
     assert "Run on" not in gen.render({"settings": {"seed": 0}}, "old/report.json")  # older reports still render
+
+
+def test_environment_of_a_resumed_demo_is_where_its_steps_ran(tmp_path, monkeypatch):
+    import json
+
+    import mamba_clip.demo as demo
+
+    calls = []
+    monkeypatch.setitem(demo.STEPS, "scan", lambda out, args: calls.append(1) or {"ok": True})
+    monkeypatch.setattr(demo_report, "write_report", lambda out, report: out / "report.md")
+    rep = demo.run_demo(tmp_path, steps=["scan"], quick=True, progress=False)
+    assert calls == [1] and rep["environment"]["cpu"] == demo.environment()["cpu"]
+    saved = json.loads((tmp_path / "environment.json").read_text())
+    saved["cpu"] = "the machine of the first run"
+    (tmp_path / "environment.json").write_text(json.dumps(saved))
+    rep = demo.run_demo(tmp_path, steps=["scan"], quick=True, progress=False)  # read back: nothing runs
+    assert calls == [1] and rep["environment"]["cpu"] == "the machine of the first run"
+    rep = demo.run_demo(tmp_path, steps=["scan"], quick=True, progress=False, force=True)  # runs again here
+    assert calls == [1, 1] and rep["environment"]["cpu"] == demo.environment()["cpu"]

@@ -57,7 +57,10 @@ def run_demo(out, steps: Optional[Sequence[str]] = None, force: bool = False, **
             raise ValueError(f"{out} holds a demo run with other settings ({', '.join(diff)}); use another --out "
                              "or --force to start over")
     write_json(settings_path, recorded)
-    report: Dict = {"settings": recorded, "environment": environment()}
+    report: Dict = {"settings": recorded}
+    env_path = out / "environment.json"  # where the steps ran: kept when every step is read back
+    report["environment"] = json.loads(env_path.read_text()) if env_path.is_file() and not force else None
+    ran = False
     t_start = time.perf_counter()
     for i, name in enumerate(steps, 1):
         path = out / f"{name}.json"
@@ -65,6 +68,10 @@ def run_demo(out, steps: Optional[Sequence[str]] = None, force: bool = False, **
             print(f"[{i}/{len(steps)} {name}] done before, reading {path}")
             report[name] = json.loads(path.read_text())
             continue
+        if not ran:  # the first step run here: this machine is where the new numbers come from
+            report["environment"] = environment()
+            write_json(env_path, report["environment"])
+            ran = True
         print(f"[{i}/{len(steps)} {name}]", flush=True)
         t0 = time.perf_counter()
         report[name] = STEPS[name](out, args)
