@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from mamba_clip.doctor import cpu_model  # noqa: E402
 from mamba_clip.ops import scan_cpu, selective_scan  # noqa: E402
 
 SHAPES = {
@@ -162,17 +162,6 @@ def load_average() -> List[float]:
         return list(os.getloadavg())
     except OSError:
         return []
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main(argv=None) -> int:

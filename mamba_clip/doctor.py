@@ -15,6 +15,7 @@ import argparse
 import importlib.metadata
 import json
 import os
+import platform
 import time
 from typing import Dict, List, Optional
 
@@ -28,6 +29,18 @@ DISTRIBUTIONS = {
     "causal-conv1d": "causal_conv1d",
     "mamba_clip": "open-clip-mamba",
 }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -88,26 +88,16 @@ def run_demo(out, steps: Optional[Sequence[str]] = None, force: bool = False, **
     return report
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def environment() -> Dict:
     """Where the run happened: the same seed gives the same numbers on one machine, but another CPU (or
     torch build) dispatches other float kernels, and the trained models, hence the accuracies, move a
     little. Also the load at the start, beside the step timings."""
     import torch
 
+    from mamba_clip.doctor import cpu_model
     from mamba_clip.version import __version__
 
-    return {"machine": platform.machine(), "system": platform.system(), "cpu": _cpu_model(),
+    return {"machine": platform.machine(), "system": platform.system(), "cpu": cpu_model(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "torch": torch.__version__, "mamba_clip": __version__,
             "loadavg_1min_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
